@@ -13,12 +13,12 @@ from typing import Any
 from schemas.codes import AccountFlags, Policy, TransferFlags
 
 __all__ = [
+    "UNSET",
     "Account",
     "AccountSettings",
     "Balances",
     "Transfer",
     "UpdateSettings",
-    "UNSET",
 ]
 
 
@@ -173,8 +173,7 @@ class Transfer:
     @property
     def is_post_or_void(self) -> bool:
         return bool(
-            self.flags
-            & (TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+            self.flags & (TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
         )
 
     @property

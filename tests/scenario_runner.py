@@ -56,7 +56,7 @@ def load_scenarios(path: Path = SCENARIOS_PATH) -> list[dict[str, Any]]:
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, str) else int(value)
+    return int(value)  # integers above 2^53 arrive as decimal strings
 
 
 def _object(raw: dict[str, Any]) -> dict[str, int]:

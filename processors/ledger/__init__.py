@@ -13,7 +13,8 @@ from processors.ledger.engine import (
     Ledger,
     Result,
 )
-from processors.ledger.fold import apply_event, apply_events
+from processors.ledger.fold import Ownership, apply_event, apply_events
+from processors.ledger.partitioned import PartitionedLedger, PartitionOwnership, event_owners
 from processors.ledger.reference import ReferenceLedger
 from processors.ledger.state import LedgerState, MemoryState, Scope
 
@@ -28,9 +29,13 @@ __all__ = [
     "LedgerConfig",
     "LedgerState",
     "MemoryState",
+    "Ownership",
+    "PartitionOwnership",
+    "PartitionedLedger",
     "ReferenceLedger",
     "Result",
     "Scope",
     "apply_event",
     "apply_events",
+    "event_owners",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from processors.ledger.config import LedgerConfig
 from processors.ledger.fold import apply_event
@@ -105,6 +106,15 @@ class AccountCommandResult:
     next_timestamp: int = 0
 
 
+class _BatchEvent(Protocol):
+    id: int
+    flags: int
+    timestamp: int
+
+
+_Create = Callable[[LedgerState, Any, int, list[Event], "_Clock"], tuple[int, int]]
+
+
 class _Clock:
     __slots__ = ("next",)
 
@@ -149,9 +159,9 @@ class Ledger:
     def _execute(
         self,
         state: LedgerState,
-        batch: Sequence[Account] | Sequence[Transfer],
+        batch: Sequence[_BatchEvent],
         timestamp: int,
-        create: Callable[[LedgerState, object, int, list[Event], _Clock], tuple[int, int]],
+        create: _Create,
         accounts: bool,
     ) -> BatchResult:
         count = len(batch)
@@ -259,12 +269,11 @@ class Ledger:
     def _create_account(
         self,
         state: LedgerState,
-        event: object,
+        a: Account,
         timestamp: int,
         events: list[Event],
         clock: _Clock,
     ) -> tuple[int, int]:
-        a: Account = event  # type: ignore[assignment]
         if a.reserved != 0:
             return A.RESERVED_FIELD, timestamp
         if a.flags & ~ACCOUNT_FLAGS_KNOWN:
@@ -323,6 +332,11 @@ class Ledger:
         invalid = validate_settings(settings, a.flags)
         if invalid:
             return invalid, timestamp
+        # A new account's balance is 0: limits that exclude 0 would be violated from birth.
+        if settings.min_balance is not None and settings.min_balance > 0:
+            return A.INVALID_MIN_BALANCE, timestamp
+        if settings.max_balance is not None and settings.max_balance < 0:
+            return A.INVALID_MAX_BALANCE, timestamp
 
         account = Account(
             a.id, a.ledger, a.code, a.flags, 0, 0, 0, 0,
@@ -342,12 +356,11 @@ class Ledger:
     def _create_transfer(
         self,
         state: LedgerState,
-        event: object,
+        t: Transfer,
         timestamp: int,
         events: list[Event],
         clock: _Clock,
     ) -> tuple[int, int]:
-        t: Transfer = event  # type: ignore[assignment]
         flags = t.flags
         if flags & ~TRANSFER_FLAGS_KNOWN:
             return T.RESERVED_FLAG, timestamp
@@ -364,66 +377,76 @@ class Ledger:
             return T.ID_ALREADY_FAILED, timestamp
         if flags & _POST_OR_VOID:
             return self._post_or_void(state, t, timestamp, events, clock), timestamp
+        return self._single_or_pending(state, t, timestamp, events, clock), timestamp
 
-        # Path R: single-phase or pending.
+    def _single_or_pending(
+        self,
+        state: LedgerState,
+        t: Transfer,
+        timestamp: int,
+        events: list[Event],
+        clock: _Clock,
+    ) -> int:
+        """Path R, after the id checks: a single-phase or pending transfer."""
+        flags = t.flags
         debit_id = t.debit_account_id
         credit_id = t.credit_account_id
         if debit_id == 0:
-            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, timestamp
+            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
         if debit_id == ID_MAX:
-            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, timestamp
+            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
         if credit_id == 0:
-            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, timestamp
+            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
         if credit_id == ID_MAX:
-            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, timestamp
+            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
         if debit_id == credit_id:
-            return T.ACCOUNTS_MUST_BE_DIFFERENT, timestamp
+            return T.ACCOUNTS_MUST_BE_DIFFERENT
         if t.pending_id != 0:
-            return T.PENDING_ID_MUST_BE_ZERO, timestamp
+            return T.PENDING_ID_MUST_BE_ZERO
         pending = flags & _PENDING
         if not pending:
             if t.timeout != 0:
-                return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, timestamp
+                return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
             if flags & _CLOSING:
-                return T.CLOSING_TRANSFER_MUST_BE_PENDING, timestamp
+                return T.CLOSING_TRANSFER_MUST_BE_PENDING
         if t.ledger == 0:
-            return T.LEDGER_MUST_NOT_BE_ZERO, timestamp
+            return T.LEDGER_MUST_NOT_BE_ZERO
         if t.code == 0:
-            return T.CODE_MUST_NOT_BE_ZERO, timestamp
+            return T.CODE_MUST_NOT_BE_ZERO
         dr = state.get_account(debit_id)
         if dr is None:
-            return T.DEBIT_ACCOUNT_NOT_FOUND, timestamp
+            return T.DEBIT_ACCOUNT_NOT_FOUND
         cr = state.get_account(credit_id)
         if cr is None:
-            return T.CREDIT_ACCOUNT_NOT_FOUND, timestamp
+            return T.CREDIT_ACCOUNT_NOT_FOUND
         if dr.ledger != cr.ledger:
-            return T.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER, timestamp
+            return T.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
         if t.ledger != dr.ledger:
-            return T.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS, timestamp
+            return T.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
         if t.debit_account_version and t.debit_account_version != dr.version:
-            return T.DEBIT_ACCOUNT_VERSION_MISMATCH, timestamp
+            return T.DEBIT_ACCOUNT_VERSION_MISMATCH
         if t.credit_account_version and t.credit_account_version != cr.version:
-            return T.CREDIT_ACCOUNT_VERSION_MISMATCH, timestamp
+            return T.CREDIT_ACCOUNT_VERSION_MISMATCH
         if flags & _IMPORTED_TRANSFER:
             if (
                 timestamp <= state.max_transfer_timestamp()
                 or state.timestamp_kind(timestamp) == 1  # an account holds it
             ):
-                return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, timestamp
+                return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
             if timestamp <= dr.timestamp:
-                return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT, timestamp
+                return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT
             if timestamp <= cr.timestamp:
-                return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_CREDIT_ACCOUNT, timestamp
+                return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_CREDIT_ACCOUNT
             if t.timeout != 0:
-                return T.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO, timestamp
+                return T.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO
         if dr.flags & _CLOSED:
-            return T.DEBIT_ACCOUNT_ALREADY_CLOSED, timestamp
+            return T.DEBIT_ACCOUNT_ALREADY_CLOSED
         if cr.flags & _CLOSED:
-            return T.CREDIT_ACCOUNT_ALREADY_CLOSED, timestamp
+            return T.CREDIT_ACCOUNT_ALREADY_CLOSED
         if dr.frozen:
-            return T.DEBIT_ACCOUNT_FROZEN, timestamp
+            return T.DEBIT_ACCOUNT_FROZEN
         if cr.frozen:
-            return T.CREDIT_ACCOUNT_FROZEN, timestamp
+            return T.CREDIT_ACCOUNT_FROZEN
 
         dr_dp = dr.debits_pending
         dr_dpo = dr.debits_posted
@@ -441,28 +464,28 @@ class Ledger:
 
         if pending:
             if amount + dr_dp > AMOUNT_MAX:
-                return T.OVERFLOWS_DEBITS_PENDING, timestamp
+                return T.OVERFLOWS_DEBITS_PENDING
             if amount + cr_cp > AMOUNT_MAX:
-                return T.OVERFLOWS_CREDITS_PENDING, timestamp
+                return T.OVERFLOWS_CREDITS_PENDING
         if amount + dr_dpo > AMOUNT_MAX:
-            return T.OVERFLOWS_DEBITS_POSTED, timestamp
+            return T.OVERFLOWS_DEBITS_POSTED
         if amount + cr_cpo > AMOUNT_MAX:
-            return T.OVERFLOWS_CREDITS_POSTED, timestamp
+            return T.OVERFLOWS_CREDITS_POSTED
         if amount + dr_dp + dr_dpo > AMOUNT_MAX:
-            return T.OVERFLOWS_DEBITS, timestamp
+            return T.OVERFLOWS_DEBITS
         if amount + cr_cp + cr_cpo > AMOUNT_MAX:
-            return T.OVERFLOWS_CREDITS, timestamp
+            return T.OVERFLOWS_CREDITS
         if t.timeout and timestamp + t.timeout * _NS_PER_S > TIMESTAMP_MAX:
-            return T.OVERFLOWS_TIMEOUT, timestamp
+            return T.OVERFLOWS_TIMEOUT
         floor = 0 if dr.flags & _D_LE_C else dr.min_balance
         if floor is not None and dr_cpo - (dr_dpo + dr_dp + amount) < floor:
-            return T.EXCEEDS_CREDITS, timestamp
+            return T.EXCEEDS_CREDITS
         ceiling = 0 if cr.flags & _C_LE_D else cr.max_balance
         if ceiling is not None and cr_cpo + cr_cp + amount - cr_dpo > ceiling:
-            return T.EXCEEDS_DEBITS, timestamp
+            return T.EXCEEDS_DEBITS
 
         stored = Transfer(
-            transfer_id, debit_id, credit_id, amount, 0,
+            t.id, debit_id, credit_id, amount, 0,
             t.user_data_128, t.user_data_64, t.user_data_32, t.timeout,
             t.ledger, t.code, flags, timestamp,
             t.debit_account_version, t.credit_account_version,
@@ -494,7 +517,7 @@ class Ledger:
                 self._change_closed(state, credit_id, True, timestamp, events)
         elif amount and cr.settle_threshold is not None and not flags & _IMPORTED_TRANSFER:
             self._maybe_request_settlement(state, credit_id, timestamp, events, clock)
-        return _CREATED, timestamp
+        return _CREATED
 
     def _transfer_exists(self, state: LedgerState, t: Transfer, e: Transfer) -> int:
         if t.flags != e.flags:
@@ -771,8 +794,10 @@ class Ledger:
             code=self.config.settlement_transfer_code,
             flags=_PENDING,
         )
+        # Generated ids are 128-bit hashes of a ledger-unique timestamp: no lookup by id (the
+        # owner of that id is nobody this decision involves), as with UUIDs.
         timestamp = clock.take()
-        status, _ = self._create_transfer(state, request, timestamp, events, clock)
+        status = self._single_or_pending(state, request, timestamp, events, clock)
         # A settlement that cannot be reserved now (pending debits hold the funds) is simply
         # not requested: the next credit that leaves the balance above threshold tries again.
         if status == _CREATED:
@@ -885,8 +910,7 @@ class Ledger:
             and account.credits_posted - account.debits_posted - account.debits_pending < floor
         ) or (
             ceiling is not None
-            and account.credits_posted + account.credits_pending - account.debits_posted
-            > ceiling
+            and account.credits_posted + account.credits_pending - account.debits_posted > ceiling
         ):
             return self._rejected(
                 AccountCommandStatus.SETTINGS_WOULD_VIOLATE_LIMITS, account, timestamp

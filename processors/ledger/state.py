@@ -269,7 +269,7 @@ class Scope:
             parent.remove_expiry(transfer_id)
         for transfer_id, (expires_at, timestamp) in self.expiry_added.items():
             parent.add_expiry(expires_at, timestamp, transfer_id)
-        for transfer_id, status in self.failed.items():
-            parent.put_failed(transfer_id, status)
+        for transfer_id, failure in self.failed.items():
+            parent.put_failed(transfer_id, failure)
         for account_id, transfer_id in self.settlements.items():
             parent.set_settlement(account_id, transfer_id)

@@ -1,18 +1,21 @@
-"""A ScenarioDriver over the in-memory reference ledger."""
+"""A ScenarioDriver over the in-memory ledgers (sequential reference or partitioned)."""
 
 from __future__ import annotations
 
-from processors.ledger import ReferenceLedger
+from typing import Any, cast
+
+from processors.ledger import PartitionedLedger, ReferenceLedger
 from schemas import Account, Transfer
 from tests.scenario_runner import Balances5
 
 
 class ReferenceDriver:
-    def __init__(self, ledger: ReferenceLedger | None = None) -> None:
+    def __init__(self, ledger: ReferenceLedger | PartitionedLedger | None = None) -> None:
         self.ledger = ledger or ReferenceLedger()
 
     def create_accounts(self, accounts: list[dict[str, int]]) -> list[str]:
-        results = self.ledger.create_accounts([Account(**a) for a in accounts])
+        batch = [Account(**cast(dict[str, Any], a)) for a in accounts]
+        results = self.ledger.create_accounts(batch)
         return [r.status.name.lower() for r in results]  # type: ignore[attr-defined]
 
     def create_transfers(self, transfers: list[dict[str, int]]) -> list[str]:

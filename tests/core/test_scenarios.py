@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from processors.ledger import PartitionedLedger
 from tests.core.drivers import ReferenceDriver
 from tests.scenario_runner import load_scenarios, run_scenario
 
@@ -19,6 +20,15 @@ def test_all_scenarios_are_loaded() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])
 def test_scenario(scenario: dict[str, Any]) -> None:
     assert run_scenario(ReferenceDriver(), scenario) == len(scenario["steps"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])
+@pytest.mark.parametrize("partitions", [2, 5])
+def test_scenario_partitioned(scenario: dict[str, Any], partitions: int) -> None:
+    """The same scenarios with accounts and transfer ids spread over several owners."""
+    assert run_scenario(ReferenceDriver(PartitionedLedger(partitions)), scenario) == len(
+        scenario["steps"]
+    )
 
 
 def test_a_wrong_expectation_is_reported() -> None:
