@@ -74,6 +74,18 @@ _C_LE_D = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 _NS_PER_S = 1_000_000_000
 _CREATED = T.CREATED
 _TRANSIENT = frozenset(int(s) for s in TRANSIENT_TRANSFER_STATUSES)
+_ACCOUNT_IMPORT_CODES = (
+    A.IMPORTED_EVENT_EXPECTED,
+    A.IMPORTED_EVENT_NOT_EXPECTED,
+    A.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE,
+    A.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE,
+)
+_TRANSFER_IMPORT_CODES = (
+    T.IMPORTED_EVENT_EXPECTED,
+    T.IMPORTED_EVENT_NOT_EXPECTED,
+    T.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE,
+    T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE,
+)
 
 
 class BatchTooLarge(ValueError):
@@ -104,6 +116,29 @@ class AccountCommandResult:
     version: int  # the account's version after the command (0 if it does not exist)
     events: list[Event] = field(default_factory=list)
     next_timestamp: int = 0
+
+
+def _import_status(
+    event: _BatchEvent,
+    batch_imported: bool,
+    imported_flag: int,
+    commit_timestamp: int,
+    codes: tuple[int, int, int, int],
+) -> int:
+    """Batch-level checks on imported events (rows 3-7 of both precedence tables); 0 = pass."""
+    expected, not_expected, out_of_range, must_not_advance = codes
+    event_imported = event.flags & imported_flag
+    if batch_imported and not event_imported:
+        return expected
+    if not batch_imported and event_imported:
+        return not_expected
+    if not event_imported:
+        return T.TIMESTAMP_MUST_BE_ZERO  # the same value for accounts
+    if not 1 <= event.timestamp <= TIMESTAMP_MAX:
+        return out_of_range
+    if event.timestamp >= commit_timestamp:
+        return must_not_advance
+    return 0
 
 
 class _BatchEvent(Protocol):
@@ -171,20 +206,7 @@ class Ledger:
         batch_imported = count > 0 and bool(batch[0].flags & imported_flag)
         # The request's commit timestamp: what the last event gets when nothing else is created.
         commit_timestamp = timestamp + count - 1
-        s_imported_expected = A.IMPORTED_EVENT_EXPECTED if accounts else T.IMPORTED_EVENT_EXPECTED
-        s_imported_not_expected = (
-            A.IMPORTED_EVENT_NOT_EXPECTED if accounts else T.IMPORTED_EVENT_NOT_EXPECTED
-        )
-        s_out_of_range = (
-            A.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
-            if accounts
-            else T.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
-        )
-        s_must_not_advance = (
-            A.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
-            if accounts
-            else T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
-        )
+        import_codes = _ACCOUNT_IMPORT_CODES if accounts else _TRANSFER_IMPORT_CODES
 
         clock = _Clock(timestamp)
         results: list[Result] = []
@@ -195,7 +217,8 @@ class Ledger:
         chain_events: list[Event] = []
 
         for index, event in enumerate(batch):
-            event_timestamp = clock.take()
+            event_timestamp = clock.next
+            clock.next = event_timestamp + 1
             linked = event.flags & _LINKED
             status: int
             result_timestamp = event_timestamp
@@ -208,20 +231,14 @@ class Ledger:
             elif chain_broken:
                 status = T.LINKED_EVENT_FAILED
             else:
-                event_imported = event.flags & imported_flag
-                if batch_imported and not event_imported:
-                    status = s_imported_expected
-                elif not batch_imported and event_imported:
-                    status = s_imported_not_expected
-                elif not event_imported and event.timestamp != 0:
-                    status = T.TIMESTAMP_MUST_BE_ZERO
-                elif event_imported and not 1 <= event.timestamp <= TIMESTAMP_MAX:
-                    status = s_out_of_range
-                elif event_imported and event.timestamp >= commit_timestamp:
-                    status = s_must_not_advance
-                else:
-                    if event_imported:
-                        event_timestamp = event.timestamp
+                status = 0
+                if batch_imported or event.timestamp or event.flags & imported_flag:
+                    status = _import_status(
+                        event, batch_imported, imported_flag, commit_timestamp, import_codes
+                    )
+                    if not status:
+                        event_timestamp = event.timestamp  # an imported event keeps its own
+                if not status:
                     if chain_scope is not None:
                         status, result_timestamp = create(
                             chain_scope, event, event_timestamp, chain_events, clock
@@ -256,11 +273,10 @@ class Ledger:
                 chain_events = []
 
         if accounts:
+            # Batch-level statuses above are spelled with T; account codes share their values.
             for result in results:
-                result.status = A(result.status)
-        else:
-            for result in results:
-                result.status = T(result.status)
+                if type(result.status) is not A:
+                    result.status = A(result.status)
         return BatchResult(results, events, clock.next)
 
     # ---------------------------------------------------------------------------------------
@@ -331,7 +347,7 @@ class Ledger:
             return A.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, timestamp
         invalid = validate_settings(settings, a.flags)
         if invalid:
-            return invalid, timestamp
+            return A(invalid), timestamp
         # A new account's balance is 0: limits that exclude 0 would be violated from birth.
         if settings.min_balance is not None and settings.min_balance > 0:
             return A.INVALID_MIN_BALANCE, timestamp
