@@ -8,6 +8,7 @@ printed is one JSON object with the figures and the parameters.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import platform
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from processors.ledger import Ledger, MemoryState
 from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
 
-__all__ = ["CoreBenchParams", "run_core_bench"]
+__all__ = ["CoreBenchParams", "add_arguments", "run", "run_core_bench"]
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,7 @@ def run_core_bench(params: CoreBenchParams) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ledger bench core", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", type=int, default=CoreBenchParams.accounts)
     parser.add_argument("--transfers", type=int, default=CoreBenchParams.transfers)
     parser.add_argument("--batch-size", type=int, default=CoreBenchParams.batch_size)
@@ -103,15 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gc", action="store_true", help="keep Python's cycle collector running while timed"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     params = CoreBenchParams(
         args.accounts, args.transfers, args.batch_size, args.seed, pause_gc=not args.gc
     )
     if params.accounts < 2 or not 1 <= params.batch_size <= BATCH_EVENTS_MAX:
-        parser.error("need --accounts >= 2 and 1 <= --batch-size <= 8189")
+        raise ValueError("need --accounts >= 2 and 1 <= --batch-size <= 8189")
     print(json.dumps(run_core_bench(params)), file=sys.stdout, flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli = argparse.ArgumentParser(prog="python -m processors.bench_core", description=__doc__)
+    add_arguments(cli)
+    raise SystemExit(run(cli.parse_args()))

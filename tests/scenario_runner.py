@@ -12,6 +12,7 @@ a negative value n means "to n before the end of time", as TigerBeetle's test ta
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,16 @@ __all__ = [
     "run_scenario",
 ]
 
-SCENARIOS_PATH = Path(__file__).resolve().parents[2] / "shared/reference/scenarios-public.json"
+def _scenarios_path() -> Path:
+    """The shared reference copy when the checkout sits beside shared/ (as in CI), else ours."""
+    configured = os.environ.get("LEDGER_SCENARIOS")
+    if configured:
+        return Path(configured)
+    shared = Path(__file__).resolve().parents[2] / "shared/reference/scenarios-public.json"
+    return shared if shared.is_file() else Path(__file__).parent / "data/scenarios-public.json"
+
+
+SCENARIOS_PATH = _scenarios_path()
 
 # Funding accounts and transfers use ids no scenario uses.
 _FUNDING_ID_BASE = 1 << 127

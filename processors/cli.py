@@ -1,0 +1,266 @@
+"""The ``ledger`` command line.
+
+Each command group lives in a ``register_*`` function that adds its sub-parser(s) and sets
+``handler`` (a ``Callable[[argparse.Namespace], int]`` returning the exit code) on them. To add
+a command, write such a function (here or in another module) and append it to ``REGISTRARS``.
+Expected failures are raised as :class:`CliError` (or :class:`BrokerError`) and printed as one
+line on stderr with a non-zero exit code, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from processors.kafka_broker import (
+    ENV_BOOTSTRAP,
+    BrokerError,
+    BrokerInfo,
+    LocalBroker,
+)
+
+__all__ = ["REGISTRARS", "CliError", "Registrar", "build_parser", "main"]
+
+# A registrar adds its sub-parser(s) to the `ledger` parser's subcommands.
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as ``ledger: error: <message>``, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------
+# ledger kafka start | stop | status
+
+
+def _broker_from_args(args: argparse.Namespace) -> LocalBroker:
+    return LocalBroker(
+        data_dir=args.data_dir,
+        port=args.port,
+        controller_port=args.controller_port,
+        start_timeout_s=args.timeout,
+    )
+
+
+def _warn_if_external() -> None:
+    external = os.environ.get(ENV_BOOTSTRAP, "").strip()
+    if external:
+        print(
+            f"note: {ENV_BOOTSTRAP}={external} is set, so the ledger uses that broker, "
+            "not this local one",
+            file=sys.stderr,
+        )
+
+
+def _print_started(info: BrokerInfo) -> None:
+    if info.reused:
+        print(f"Kafka broker already running (pid {info.pid}) at {info.bootstrap}; reusing it")
+    else:
+        print(
+            f"Kafka broker started (pid {info.pid}) at {info.bootstrap} in {info.startup_s:.1f} s"
+        )
+    print(f"  data: {info.data_dir}/kafka")
+    print(f"  log:  {info.log_file}")
+
+
+def _kafka_start(args: argparse.Namespace) -> int:
+    _warn_if_external()
+    _print_started(_broker_from_args(args).start())
+    return 0
+
+
+def _kafka_stop(args: argparse.Namespace) -> int:
+    broker = _broker_from_args(args)
+    if broker.stop():
+        print(f"Kafka broker stopped (data kept in {broker.kafka_dir})")
+    else:
+        print(f"no Kafka broker running for {broker.data_dir}")
+    return 0
+
+
+def _kafka_status(args: argparse.Namespace) -> int:
+    _warn_if_external()
+    status = _broker_from_args(args).status()
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    elif not status.has_state:
+        print(f"not running (no broker state in {status.state_file})")
+    elif not status.pid_alive:
+        print(f"not running (stale state: pid {status.pid} is gone; `ledger kafka start` fixes it)")
+    else:
+        verdict = "running" if status.answers else "NOT ANSWERING"
+        uptime = ""
+        if status.started_at is not None:
+            uptime = f", up {time.time() - status.started_at:.0f} s"
+        print(f"{verdict}: pid {status.pid}{uptime}, Kafka {status.kafka_version}")
+        print(f"  bootstrap:       {status.bootstrap}")
+        print(f"  controller port: {status.controller_port}")
+        print(f"  data:            {status.data_dir}/kafka")
+        print(f"  log:             {status.log_file}")
+    return 0 if status.running else 3  # 3: "not running", as LSB init scripts report it
+
+
+def _add_broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data directory (default: $LEDGER_DATA_DIR or ~/.local/share/ledger)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="client port (default: $LEDGER_KAFKA_PORT or 19092)"
+    )
+    parser.add_argument(
+        "--controller-port",
+        type=int,
+        default=None,
+        help="KRaft controller port (default: $LEDGER_KAFKA_CONTROLLER_PORT or 19093)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker to answer (default: 120)",
+    )
+
+
+def register_kafka(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kafka = subparsers.add_parser(
+        "kafka",
+        help="manage the local single-node Kafka broker",
+        description="Manage the local single-node Kafka broker (KRaft, jars from Maven Central).",
+    )
+    actions = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
+    start = actions.add_parser("start", help="start the broker, or reuse the running one")
+    start.set_defaults(handler=_kafka_start)
+    stop = actions.add_parser("stop", help="stop the broker (SIGTERM, then SIGKILL)")
+    stop.set_defaults(handler=_kafka_stop)
+    status = actions.add_parser("status", help="show the broker; exit 3 when it is not running")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_kafka_status)
+    for parser in (start, stop, status):
+        _add_broker_options(parser)
+
+
+# --------------------------------------------------------------------------------------------
+# ledger up
+
+
+def _up(args: argparse.Namespace) -> int:
+    external = os.environ.get(ENV_BOOTSTRAP, "").strip()
+    if external:
+        bootstrap = external
+        print(f"Using the Kafka broker at {bootstrap} ({ENV_BOOTSTRAP} is set)")
+    else:
+        info = LocalBroker(start_timeout_s=args.timeout).start()
+        _print_started(info)
+        bootstrap = info.bootstrap
+    print()
+    print("Reach it from your shell and from ledger tools with:")
+    print(f"  export {ENV_BOOTSTRAP}={bootstrap}")
+    print("Stop the local broker with: ledger kafka stop")
+    return 0
+
+
+def register_up(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="start the ledger locally (for now: the Kafka broker)",
+        description=(
+            f"Start the ledger locally. Uses {ENV_BOOTSTRAP} when set, otherwise starts (or "
+            "reuses) the local Kafka broker."
+        ),
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker to answer (default: 120)",
+    )
+    up.set_defaults(handler=_up)
+
+
+# --------------------------------------------------------------------------------------------
+# ledger bench core
+
+
+def _bench_core(args: argparse.Namespace) -> int:
+    from processors import bench_core
+
+    try:
+        return bench_core.run(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from processors import bench_core
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks (the last line printed is one JSON object)",
+        description="Benchmarks; each prints one JSON object with its figures as its last line.",
+    )
+    kinds = bench.add_subparsers(dest="bench_command", metavar="KIND", required=True)
+    core = kinds.add_parser(
+        "core",
+        help="the ledger rules alone, in memory, on one core",
+        description=bench_core.__doc__,
+    )
+    bench_core.add_arguments(core)
+    core.set_defaults(handler=_bench_core)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+REGISTRARS: list[Registrar] = [register_up, register_kafka, register_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger", description="Event-sourced double-entry ledger over Apache Kafka."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    # librdkafka's own chatter (connection refused while a broker boots) is not for users.
+    logging.getLogger("ledger.kafka.librdkafka").setLevel(logging.CRITICAL)
+    handler: Any = args.handler
+    try:
+        return int(handler(args))
+    except (CliError, BrokerError) as exc:
+        print(f"ledger: error: {exc}", file=sys.stderr)
+        return exc.code if isinstance(exc, CliError) else 1
+    except KeyboardInterrupt:
+        print("ledger: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
