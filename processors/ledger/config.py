@@ -29,6 +29,12 @@ class LedgerConfig:
     # settlement transfers (user-defined categories; must not be 0).
     settlement_account_code: int = 0xFFFF
     settlement_transfer_code: int = 0xFFFF
+    # Distance between consecutive timestamps a decision assigns. Processors leave the low bits
+    # of every timestamp to a lane (docs/PIPELINE.md, "Time"), so they step by 64.
+    timestamp_step: int = 1
+    # With the state split among this many partitions, a generated settlement transfer id is
+    # chosen in the partition of the account it settles, so it needs no other owner.
+    partitions: int = 1
 
     def asset(self, ledger: int) -> Asset:
         return self.assets.get(ledger, DEFAULT_ASSET)

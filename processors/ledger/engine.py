@@ -49,6 +49,7 @@ from schemas import (
     TransferKind,
     UpdateSettings,
 )
+from schemas.partitioning import partition_of
 
 __all__ = ["AccountCommandResult", "BatchResult", "BatchTooLarge", "Ledger", "Result"]
 
@@ -151,25 +152,29 @@ _Create = Callable[[LedgerState, Any, int, list[Event], "_Clock"], tuple[int, in
 
 
 class _Clock:
-    __slots__ = ("next",)
+    __slots__ = ("next", "step")
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, step: int) -> None:
         self.next = first
+        self.step = step
 
     def take(self) -> int:
         value = self.next
-        self.next = value + 1
+        self.next = value + self.step
         return value
 
 
-def _settlement_transfer_id(account_id: int, timestamp: int) -> int:
-    """A deterministic id for the settlement transfer a posting at `timestamp` triggers."""
-    digest = hashlib.blake2b(
-        b"ledger-settlement" + account_id.to_bytes(16, "big") + timestamp.to_bytes(8, "big"),
-        digest_size=16,
-    ).digest()
-    value = int.from_bytes(digest, "big")
-    return value if 0 < value < ID_MAX else 1
+def _settlement_transfer_id(account_id: int, timestamp: int, partitions: int) -> int:
+    """A deterministic id for the settlement transfer a posting at `timestamp` triggers, owned
+    by the same partition as the account (so no other owner takes part)."""
+    home = partition_of(account_id, partitions)
+    seed = b"ledger-settlement" + account_id.to_bytes(16, "big") + timestamp.to_bytes(8, "big")
+    for salt in range(1 << 16):
+        digest = hashlib.blake2b(seed + salt.to_bytes(4, "big"), digest_size=16).digest()
+        value = int.from_bytes(digest, "big")
+        if 0 < value < ID_MAX and partition_of(value, partitions) == home:
+            return value
+    raise AssertionError("no settlement id found in the account's partition")  # pragma: no cover
 
 
 class Ledger:
@@ -205,10 +210,10 @@ class Ledger:
         imported_flag = _IMPORTED_ACCOUNT if accounts else _IMPORTED_TRANSFER
         batch_imported = count > 0 and bool(batch[0].flags & imported_flag)
         # The request's commit timestamp: what the last event gets when nothing else is created.
-        commit_timestamp = timestamp + count - 1
+        commit_timestamp = timestamp + (count - 1) * self.config.timestamp_step
         import_codes = _ACCOUNT_IMPORT_CODES if accounts else _TRANSFER_IMPORT_CODES
 
-        clock = _Clock(timestamp)
+        clock = _Clock(timestamp, self.config.timestamp_step)
         results: list[Result] = []
         events: list[Event] = []
         chain_start = -1  # index of the first event of the open chain, -1 if none
@@ -218,7 +223,7 @@ class Ledger:
 
         for index, event in enumerate(batch):
             event_timestamp = clock.next
-            clock.next = event_timestamp + 1
+            clock.next = event_timestamp + clock.step
             linked = event.flags & _LINKED
             status: int
             result_timestamp = event_timestamp
@@ -703,7 +708,7 @@ class Ledger:
         self, state: LedgerState, now: int, timestamp: int, limit: int = BATCH_EVENTS_MAX
     ) -> BatchResult:
         """Expire the pending transfers due at `now` (at most `limit`, oldest first)."""
-        clock = _Clock(timestamp)
+        clock = _Clock(timestamp, self.config.timestamp_step)
         events: list[Event] = []
         for count, (_expires_at, _created, transfer_id) in enumerate(state.expiring(now)):
             if count == limit:
@@ -800,7 +805,7 @@ class Ledger:
             events.append(created)
         elif settlement_account.ledger != ledger:
             return  # misconfigured: the id belongs to another ledger's account
-        transfer_id = _settlement_transfer_id(account_id, trigger_timestamp)
+        transfer_id = _settlement_transfer_id(account_id, trigger_timestamp, self.config.partitions)
         request = Transfer(
             transfer_id,
             account_id,
@@ -844,7 +849,10 @@ class Ledger:
         changed = AccountChanged(reason, account, timestamp)
         apply_event(state, changed)
         return AccountCommandResult(
-            AccountCommandStatus.OK, account.version, [changed], timestamp + 1
+            AccountCommandStatus.OK,
+            account.version,
+            [changed],
+            timestamp + self.config.timestamp_step,
         )
 
     def _rejected(

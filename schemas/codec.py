@@ -1,0 +1,1275 @@
+"""Avro wire codec of the Kafka messages (CommandBatch, EventBatch, ResultBatch).
+
+Wire format (docs/SCHEMAS.md): ``0x4C`` + the 8-byte CRC-64-AVRO fingerprint of the writer
+schema's Parsing Canonical Form (little-endian, as Avro's single-object encoding) + the
+schemaless Avro payload. Writers use the newest ``ledger.<Message>.v<N>.avsc`` shipped in
+``schemas/avro``; readers look the fingerprint up among *all* shipped versions and resolve the
+writer schema against the newest one, so old messages stay readable after a schema change.
+
+Integer encodings: u128 as ``fixed(16)`` big-endian; u64 as the ``long`` holding the same 64 bits
+(two's complement); u32 as ``long`` and u16 as ``int``, range-checked both ways; the signed
+limits as ``bytes`` (two's complement, big-endian, minimal length, |v| <= 2^128-1).
+
+Bad input: ``decode_*`` raises only ``DecodeError`` (naming the field where it can), and
+``encode_*`` raises ``EncodeError`` for values the schema cannot carry. fastavro is imported
+nowhere else in the schemas package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas.codes import BATCH_EVENTS_MAX, U128_MAX, Policy
+from schemas.events import (
+    AccountChanged,
+    AccountCreated,
+    Event,
+    SettlementRequested,
+    TransferApplied,
+    TransferFailed,
+    TransferKind,
+)
+from schemas.messages import (
+    AccountCommand,
+    AccountCommandKind,
+    CommandBatch,
+    EventBatch,
+    Operation,
+    ResultBatch,
+    ResultEntry,
+)
+from schemas.records import UNSET, Account, Balances, Transfer, UpdateSettings
+
+__all__ = [
+    "EVENT_BATCH_EVENTS_MAX",
+    "MAGIC",
+    "SCHEMA_DIR",
+    "AvroCodec",
+    "DecodeError",
+    "EncodeError",
+    "decode_command_batch",
+    "decode_event_batch",
+    "decode_result_batch",
+    "encode_command_batch",
+    "encode_event_batch",
+    "encode_result_batch",
+]
+
+MAGIC: Final = 0x4C  # "L"
+_HEADER_LEN: Final = 9
+SCHEMA_DIR: Final = Path(__file__).with_name("avro")
+# An EventBatch is bounded like a command batch; a processor must split larger outputs.
+EVENT_BATCH_EVENTS_MAX: Final = BATCH_EVENTS_MAX
+
+_U64_MASK: Final = (1 << 64) - 1
+_I64_MIN: Final = -(1 << 63)
+_I64_MAX: Final = (1 << 63) - 1
+_FILE_RE: Final = re.compile(r"^ledger\.(?P<message>\w+)\.v(?P<version>\d+)\.avsc$")
+
+
+class DecodeError(ValueError):
+    """Undecodable or out-of-contract bytes; ``field`` is the path, e.g. ``transfers[3].ledger``."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+    def within(self, prefix: str) -> DecodeError:
+        return DecodeError(self.reason, _join(prefix, self.field))
+
+
+class EncodeError(ValueError):
+    """A value the wire schema cannot carry; ``field`` is its path, e.g. ``transfers[0].id``."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+    def within(self, prefix: str) -> EncodeError:
+        return EncodeError(self.reason, _join(prefix, self.field))
+
+
+def _join(prefix: str, field: str | None) -> str:
+    if not field:
+        return prefix
+    if not prefix:
+        return field
+    return prefix + field if field.startswith("[") else f"{prefix}.{field}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Field kinds: the single description of each record's integer widths, used to name the field
+# when a fast-path check fails (the fast path only tests "is anything out of range").
+
+_WIDTH: Final = {"u128": 128, "u64": 64, "u32": 32, "u16": 16}
+
+_TRANSFER_SPEC: Final = (
+    ("id", "u128"), ("debit_account_id", "u128"), ("credit_account_id", "u128"),
+    ("amount", "u128"), ("pending_id", "u128"), ("user_data_128", "u128"),
+    ("user_data_64", "u64"), ("user_data_32", "u32"), ("timeout", "u32"), ("ledger", "u32"),
+    ("code", "u16"), ("flags", "u16"), ("timestamp", "u64"),
+    ("debit_account_version", "u64"), ("credit_account_version", "u64"),
+)  # fmt: skip
+_ACCOUNT_SPEC: Final = (
+    ("id", "u128"), ("ledger", "u32"), ("code", "u16"), ("flags", "u16"),
+    ("debits_pending", "u128"), ("debits_posted", "u128"), ("credits_pending", "u128"),
+    ("credits_posted", "u128"), ("user_data_128", "u128"), ("user_data_64", "u64"),
+    ("user_data_32", "u32"), ("reserved", "u32"), ("timestamp", "u64"), ("policy", "policy"),
+    ("min_balance", "limit"), ("max_balance", "limit"), ("settle_threshold", "limit"),
+    ("settle_to", "limit"), ("link_type", "optstr"), ("metadata", "metadata"),
+    ("version", "u64"), ("frozen", "bool"),
+)  # fmt: skip
+_BALANCES_SPEC: Final = (
+    ("account_id", "u128"), ("debits_pending", "u128"), ("debits_posted", "u128"),
+    ("credits_pending", "u128"), ("credits_posted", "u128"),
+)  # fmt: skip
+
+
+def _value_problem(value: Any, kind: str) -> str | None:
+    """Why `value` cannot be encoded as `kind` (None if it can)."""
+    if kind in _WIDTH:
+        if not isinstance(value, int):
+            return f"{type(value).__name__} is not an integer"
+        if value < 0:
+            return f"{value} is negative ({kind})"
+        if value >> _WIDTH[kind]:
+            return f"{value} exceeds {kind}"
+        return None
+    if kind == "limit" or kind == "signed":
+        if value is None and kind == "limit":
+            return None
+        if not isinstance(value, int):
+            return f"{type(value).__name__} is not an integer"
+        return None if -U128_MAX <= value <= U128_MAX else f"{value} is outside ±(2^128-1)"
+    if kind == "i64":
+        ok = isinstance(value, int) and _I64_MIN <= value <= _I64_MAX
+        return None if ok else f"{value!r} is not a signed 64-bit integer"
+    if kind == "i32":
+        ok = isinstance(value, int) and -(1 << 31) <= value < (1 << 31)
+        return None if ok else f"{value!r} is not a signed 32-bit integer"
+    if kind == "policy":
+        return None if value is None or value in _POLICY_SYMBOL else f"{value!r} is not a Policy"
+    if kind == "str" or kind == "optstr":
+        if value is None and kind == "optstr":
+            return None
+        return None if isinstance(value, str) else f"{type(value).__name__} is not a string"
+    if kind == "metadata":
+        if not isinstance(value, dict):
+            return f"{type(value).__name__} is not a dict of strings"
+        for key, item in value.items():
+            if not isinstance(key, str) or not isinstance(item, str):
+                return f"entry {key!r}: {item!r} is not a string to string"
+        return None
+    if kind == "bool":
+        return None if isinstance(value, bool) else f"{type(value).__name__} is not a bool"
+    raise AssertionError(kind)
+
+
+def _explain_encode(obj: Any, spec: Iterable[tuple[str, str]]) -> None:
+    for name, kind in spec:
+        problem = _value_problem(getattr(obj, name, None), kind)
+        if problem is not None:
+            raise EncodeError(problem, name)
+
+
+def _explain_decode(d: dict[str, Any], spec: Iterable[tuple[str, str]]) -> NoReturn:
+    for name, kind in spec:
+        if kind in ("u32", "u16"):  # u128/u64 cannot be out of range on the wire
+            problem = _value_problem(d[name], kind)
+            if problem is not None:
+                raise DecodeError(problem, name)
+    raise AssertionError("no field out of range")  # the caller saw one
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums: Avro symbols are the Python member names (ChangeReason: its string values).
+
+_POLICY_SYMBOL: Final = {p: p.name for p in Policy}
+_POLICY_BY_SYMBOL: Final = {p.name: p for p in Policy}
+_KIND_SYMBOL: Final = {k: k.name for k in TransferKind}
+_KIND_BY_SYMBOL: Final = {k.name: k for k in TransferKind}
+_OPERATION_SYMBOL: Final = {o: o.name for o in Operation}
+_OPERATION_BY_SYMBOL: Final = {o.name: o for o in Operation}
+_ACMD_SYMBOL: Final = {k: k.name for k in AccountCommandKind}
+_ACMD_BY_SYMBOL: Final = {k.name: k for k in AccountCommandKind}
+
+
+def _enum_symbol(table: dict[Any, str], value: Any, field: str) -> str:
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        raise EncodeError(f"{value!r} is not one of {sorted(table.values())}", field) from None
+
+
+def _enum_value(table: dict[str, Any], symbol: str, field: str) -> Any:
+    try:
+        return table[symbol]
+    except KeyError:  # a reader-schema symbol this code does not know yet
+        raise DecodeError(f"unknown enum value {symbol!r}", field) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed limits: two's complement, big-endian, minimal length.
+
+
+def _signed_len(value: int) -> int:
+    return ((value if value >= 0 else ~value).bit_length() + 8) // 8
+
+
+def _enc_signed(value: int) -> bytes:
+    if not -U128_MAX <= value <= U128_MAX:
+        raise OverflowError(value)
+    return value.to_bytes(_signed_len(value), "big", signed=True)
+
+
+def _enc_limit(value: int | None) -> bytes | None:
+    return None if value is None else _enc_signed(value)
+
+
+def _dec_signed(raw: bytes, field: str) -> int:
+    value = int.from_bytes(raw, "big", signed=True)
+    if not -U128_MAX <= value <= U128_MAX:
+        raise DecodeError(f"{value} is outside ±(2^128-1)", field)
+    if len(raw) != _signed_len(value):  # one value, one encoding (content hashes stay stable)
+        raise DecodeError("signed integer is not minimally encoded", field)
+    return value
+
+
+def _dec_limit(raw: bytes | None, field: str) -> int | None:
+    return None if raw is None else _dec_signed(raw, field)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records <-> Avro dicts (the hot path: no per-field checks unless a combined test fails).
+
+
+def _u64_to_long(v: int) -> int:
+    return v - ((v >> 63) << 64)  # caller checked 0 <= v < 2^64
+
+
+def _enc_transfer(t: Transfer) -> dict[str, Any]:
+    ud64, ts = t.user_data_64, t.timestamp
+    dav, cav = t.debit_account_version, t.credit_account_version
+    if (
+        (ud64 | ts | dav | cav) >> 64
+        or (t.user_data_32 | t.timeout | t.ledger) >> 32
+        or (t.code | t.flags) >> 16
+    ):
+        raise OverflowError("out of range")  # the list's explainer names the field
+    return {
+        "id": t.id.to_bytes(16, "big"),
+        "debit_account_id": t.debit_account_id.to_bytes(16, "big"),
+        "credit_account_id": t.credit_account_id.to_bytes(16, "big"),
+        "amount": t.amount.to_bytes(16, "big"),
+        "pending_id": t.pending_id.to_bytes(16, "big"),
+        "user_data_128": t.user_data_128.to_bytes(16, "big"),
+        "user_data_64": ud64 - ((ud64 >> 63) << 64),
+        "user_data_32": t.user_data_32,
+        "timeout": t.timeout,
+        "ledger": t.ledger,
+        "code": t.code,
+        "flags": t.flags,
+        "timestamp": ts - ((ts >> 63) << 64),
+        "debit_account_version": dav - ((dav >> 63) << 64),
+        "credit_account_version": cav - ((cav >> 63) << 64),
+    }
+
+
+def _dec_transfer(d: dict[str, Any]) -> Transfer:
+    ud32, timeout, ledger, code, flags = (
+        d["user_data_32"], d["timeout"], d["ledger"], d["code"], d["flags"]
+    )  # fmt: skip
+    if (ud32 | timeout | ledger) >> 32 or (code | flags) >> 16:
+        _explain_decode(d, _TRANSFER_SPEC)
+    fb = int.from_bytes
+    return Transfer(
+        fb(d["id"], "big"), fb(d["debit_account_id"], "big"), fb(d["credit_account_id"], "big"),
+        fb(d["amount"], "big"), fb(d["pending_id"], "big"), fb(d["user_data_128"], "big"),
+        d["user_data_64"] & _U64_MASK, ud32, timeout, ledger, code, flags,
+        d["timestamp"] & _U64_MASK, d["debit_account_version"] & _U64_MASK,
+        d["credit_account_version"] & _U64_MASK,
+    )  # fmt: skip
+
+
+def _enc_balances(b: Balances) -> tuple[str, dict[str, Any]]:
+    # Tuple notation picks the union branch without fastavro validating the dict against it.
+    return (
+        "ledger.Balances",
+        {
+            "account_id": b.account_id.to_bytes(16, "big"),
+            "debits_pending": b.debits_pending.to_bytes(16, "big"),
+            "debits_posted": b.debits_posted.to_bytes(16, "big"),
+            "credits_pending": b.credits_pending.to_bytes(16, "big"),
+            "credits_posted": b.credits_posted.to_bytes(16, "big"),
+        },
+    )
+
+
+def _dec_balances(d: dict[str, Any]) -> Balances:
+    fb = int.from_bytes
+    return Balances(
+        fb(d["account_id"], "big"), fb(d["debits_pending"], "big"), fb(d["debits_posted"], "big"),
+        fb(d["credits_pending"], "big"), fb(d["credits_posted"], "big"),
+    )  # fmt: skip
+
+
+def _enc_account(a: Account) -> dict[str, Any]:
+    ud64, ts, version = a.user_data_64, a.timestamp, a.version
+    if (
+        (ud64 | ts | version) >> 64
+        or (a.ledger | a.user_data_32 | a.reserved) >> 32
+        or (a.code | a.flags) >> 16
+        or type(a.frozen) is not bool
+    ):
+        raise OverflowError("out of range")  # the list's explainer names the field
+    policy = a.policy
+    return {
+        "id": a.id.to_bytes(16, "big"),
+        "ledger": a.ledger,
+        "code": a.code,
+        "flags": a.flags,
+        "debits_pending": a.debits_pending.to_bytes(16, "big"),
+        "debits_posted": a.debits_posted.to_bytes(16, "big"),
+        "credits_pending": a.credits_pending.to_bytes(16, "big"),
+        "credits_posted": a.credits_posted.to_bytes(16, "big"),
+        "user_data_128": a.user_data_128.to_bytes(16, "big"),
+        "user_data_64": ud64 - ((ud64 >> 63) << 64),
+        "user_data_32": a.user_data_32,
+        "reserved": a.reserved,
+        "timestamp": ts - ((ts >> 63) << 64),
+        "policy": None if policy is None else _enum_symbol(_POLICY_SYMBOL, policy, "policy"),
+        "min_balance": _enc_limit(a.min_balance),
+        "max_balance": _enc_limit(a.max_balance),
+        "settle_threshold": _enc_limit(a.settle_threshold),
+        "settle_to": _enc_limit(a.settle_to),
+        "link_type": a.link_type,
+        "metadata": a.metadata,
+        "version": version - ((version >> 63) << 64),
+        "frozen": a.frozen,
+    }
+
+
+def _dec_account(d: dict[str, Any]) -> Account:
+    ledger, code, flags, ud32, reserved = (
+        d["ledger"], d["code"], d["flags"], d["user_data_32"], d["reserved"]
+    )  # fmt: skip
+    if (ledger | ud32 | reserved) >> 32 or (code | flags) >> 16:
+        _explain_decode(d, _ACCOUNT_SPEC)
+    policy = d["policy"]
+    fb = int.from_bytes
+    return Account(
+        fb(d["id"], "big"), ledger, code, flags,
+        fb(d["debits_pending"], "big"), fb(d["debits_posted"], "big"),
+        fb(d["credits_pending"], "big"), fb(d["credits_posted"], "big"),
+        fb(d["user_data_128"], "big"), d["user_data_64"] & _U64_MASK, ud32, reserved,
+        d["timestamp"] & _U64_MASK,
+        None if policy is None else _enum_value(_POLICY_BY_SYMBOL, policy, "policy"),
+        _dec_limit(d["min_balance"], "min_balance"),
+        _dec_limit(d["max_balance"], "max_balance"),
+        _dec_limit(d["settle_threshold"], "settle_threshold"),
+        _dec_limit(d["settle_to"], "settle_to"),
+        d["link_type"], d["metadata"], d["version"] & _U64_MASK, d["frozen"],
+    )  # fmt: skip
+
+
+# UpdateSettings: each field is null (absent, UNSET) or a Set* record whose `value` may be null
+# (clear the stored value).
+_SETTINGS_FIELDS: Final = (
+    ("policy", "ledger.SetPolicy", "policy"),
+    ("min_balance", "ledger.SetSigned", "limit"),
+    ("max_balance", "ledger.SetSigned", "limit"),
+    ("settle_threshold", "ledger.SetSigned", "limit"),
+    ("settle_to", "ledger.SetSigned", "limit"),
+    ("link_type", "ledger.SetString", "optstr"),
+    ("metadata", "ledger.SetMetadata", "metadata"),
+)
+
+
+def _enc_setting(value: Any, kind: str, field: str) -> Any:
+    if value is None:
+        return None
+    problem = _value_problem(value, kind)
+    if problem is not None:
+        raise EncodeError(problem, field)
+    if kind == "policy":
+        return _POLICY_SYMBOL[value]
+    if kind == "limit":
+        return _enc_signed(value)
+    return value
+
+
+def _enc_settings(s: UpdateSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, branch, kind in _SETTINGS_FIELDS:
+        value = getattr(s, name)
+        out[name] = None if value is UNSET else (branch, {"value": _enc_setting(value, kind, name)})
+    return out
+
+
+def _dec_settings(d: dict[str, Any]) -> UpdateSettings:
+    s = UpdateSettings()
+    for name, _branch, kind in _SETTINGS_FIELDS:
+        wrapped = d[name]
+        if wrapped is None:
+            continue  # absent: stays UNSET
+        value = wrapped["value"]
+        if value is not None:
+            if kind == "policy":
+                value = _enum_value(_POLICY_BY_SYMBOL, value, name)
+            elif kind == "limit":
+                value = _dec_signed(value, name)
+        setattr(s, name, value)
+    return s
+
+
+def _enc_account_command(c: AccountCommand) -> dict[str, Any]:
+    problem = _value_problem(c.expected_version, "u64") or _value_problem(c.account_id, "u128")
+    if problem is not None:
+        _explain_encode(c, (("account_id", "u128"), ("expected_version", "u64")))
+    settings = c.settings
+    if settings is not None and not isinstance(settings, UpdateSettings):
+        raise EncodeError(f"{type(settings).__name__} is not UpdateSettings", "settings")
+    try:
+        encoded_settings = None if settings is None else _enc_settings(settings)
+    except EncodeError as exc:
+        raise exc.within("settings") from None
+    return {
+        "kind": _enum_symbol(_ACMD_SYMBOL, c.kind, "kind"),
+        "account_id": c.account_id.to_bytes(16, "big"),
+        "expected_version": _u64_to_long(c.expected_version),
+        "settings": encoded_settings,
+    }
+
+
+def _dec_account_command(d: dict[str, Any]) -> AccountCommand:
+    settings = d["settings"]
+    try:
+        decoded = None if settings is None else _dec_settings(settings)
+    except DecodeError as exc:
+        raise exc.within("settings") from None
+    return AccountCommand(
+        _enum_value(_ACMD_BY_SYMBOL, d["kind"], "kind"),
+        int.from_bytes(d["account_id"], "big"),
+        d["expected_version"] & _U64_MASK,
+        decoded,
+    )
+
+
+# Events: the union branch is named by the record's full name.
+
+
+def _enc_created(e: AccountCreated) -> tuple[str, dict[str, Any]]:
+    try:
+        return ("ledger.AccountCreated", {"account": _enc_account(e.account)})
+    except EncodeError as exc:
+        raise exc.within("account") from None
+
+
+def _enc_changed(e: AccountChanged) -> tuple[str, dict[str, Any]]:
+    problem = _value_problem(e.timestamp, "u64")
+    if problem is not None:
+        raise EncodeError(problem, "timestamp")
+    try:
+        account = _enc_account(e.account)
+    except EncodeError as exc:
+        raise exc.within("account") from None
+    return (
+        "ledger.AccountChanged",
+        {"reason": e.reason, "account": account, "timestamp": _u64_to_long(e.timestamp)},
+    )
+
+
+def _enc_applied(e: TransferApplied) -> tuple[str, dict[str, Any]]:
+    ts, debit, credit = e.timestamp, e.debit, e.credit
+    if ts >> 64:
+        raise OverflowError(ts)  # named by _explain_event
+    return (
+        "ledger.TransferApplied",
+        {
+            "kind": _KIND_SYMBOL[e.kind],
+            "transfer": _enc_transfer(e.transfer),
+            "released": e.released.to_bytes(16, "big"),
+            "debit": None if debit is None else _enc_balances(debit),
+            "credit": None if credit is None else _enc_balances(credit),
+            "timestamp": ts - ((ts >> 63) << 64),
+        },
+    )
+
+
+def _enc_failed(e: TransferFailed) -> tuple[str, dict[str, Any]]:
+    if e.status >> 32 or e.timestamp >> 64:
+        raise OverflowError(e.status)  # named by _explain_event
+    return (
+        "ledger.TransferFailed",
+        {
+            "transfer_id": e.transfer_id.to_bytes(16, "big"),
+            "status": e.status,
+            "timestamp": _u64_to_long(e.timestamp),
+        },
+    )
+
+
+def _enc_settlement(e: SettlementRequested) -> tuple[str, dict[str, Any]]:
+    if e.timestamp >> 64:
+        raise OverflowError(e.timestamp)  # named by _explain_event
+    return (
+        "ledger.SettlementRequested",
+        {
+            "account_id": e.account_id.to_bytes(16, "big"),
+            "transfer_id": e.transfer_id.to_bytes(16, "big"),
+            "amount": e.amount.to_bytes(16, "big"),
+            "balance": _enc_signed(e.balance),
+            "timestamp": _u64_to_long(e.timestamp),
+        },
+    )
+
+
+def _dec_created(d: dict[str, Any]) -> AccountCreated:
+    try:
+        return AccountCreated(_dec_account(d["account"]))
+    except DecodeError as exc:
+        raise exc.within("account") from None
+
+
+def _dec_changed(d: dict[str, Any]) -> AccountChanged:
+    try:
+        account = _dec_account(d["account"])
+    except DecodeError as exc:
+        raise exc.within("account") from None
+    return AccountChanged(d["reason"], account, d["timestamp"] & _U64_MASK)
+
+
+def _dec_applied(d: dict[str, Any]) -> TransferApplied:
+    debit, credit = d["debit"], d["credit"]
+    try:
+        transfer = _dec_transfer(d["transfer"])
+    except DecodeError as exc:
+        raise exc.within("transfer") from None
+    return TransferApplied(
+        _enum_value(_KIND_BY_SYMBOL, d["kind"], "kind"),
+        transfer,
+        int.from_bytes(d["released"], "big"),
+        None if debit is None else _dec_balances(debit),
+        None if credit is None else _dec_balances(credit),
+        d["timestamp"] & _U64_MASK,
+    )
+
+
+def _dec_failed(d: dict[str, Any]) -> TransferFailed:
+    status = d["status"]
+    if status >> 32:
+        raise DecodeError(f"{status} {'is negative' if status < 0 else 'exceeds u32'}", "status")
+    return TransferFailed(
+        int.from_bytes(d["transfer_id"], "big"), status, d["timestamp"] & _U64_MASK
+    )
+
+
+def _dec_settlement(d: dict[str, Any]) -> SettlementRequested:
+    fb = int.from_bytes
+    return SettlementRequested(
+        fb(d["account_id"], "big"), fb(d["transfer_id"], "big"), fb(d["amount"], "big"),
+        _dec_signed(d["balance"], "balance"), d["timestamp"] & _U64_MASK,
+    )  # fmt: skip
+
+
+_EVENT_ENCODERS: Final[dict[type, Callable[[Any], tuple[str, dict[str, Any]]]]] = {
+    TransferApplied: _enc_applied,
+    TransferFailed: _enc_failed,
+    AccountCreated: _enc_created,
+    AccountChanged: _enc_changed,
+    SettlementRequested: _enc_settlement,
+}
+_EVENT_DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
+    "ledger.TransferApplied": _dec_applied,
+    "ledger.TransferFailed": _dec_failed,
+    "ledger.AccountCreated": _dec_created,
+    "ledger.AccountChanged": _dec_changed,
+    "ledger.SettlementRequested": _dec_settlement,
+}
+
+
+def _enc_event(e: Event) -> tuple[str, dict[str, Any]]:
+    return _EVENT_ENCODERS[type(e)](e)
+
+
+def _dec_event(item: Any) -> Event:
+    name, d = item
+    try:
+        decoder = _EVENT_DECODERS[name]
+    except KeyError:  # a newer union branch this code does not know
+        raise DecodeError(f"unknown event type {name!r}") from None
+    return decoder(d)
+
+
+_RESULT_SPEC: Final = (("status", "u32"), ("timestamp", "u64"), ("version", "u64"))
+
+
+def _enc_result(r: ResultEntry) -> dict[str, Any]:
+    ts, version, status = r.timestamp, r.version, r.status
+    if (ts | version) >> 64 or status >> 32:
+        raise OverflowError("out of range")  # the list's explainer names the field
+    return {
+        "status": status,
+        "timestamp": ts - ((ts >> 63) << 64),
+        "version": version - ((version >> 63) << 64),
+    }
+
+
+def _dec_result(d: dict[str, Any]) -> ResultEntry:
+    status = d["status"]
+    if status >> 32:
+        raise DecodeError(f"{status} {'is negative' if status < 0 else 'exceeds u32'}", "status")
+    return ResultEntry(status, d["timestamp"] & _U64_MASK, d["version"] & _U64_MASK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists: a comprehension on the hot path; on failure, find the element to name it.
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+# What a converter may raise on a value of the wrong type or range (TypeError: `|` on None;
+# AttributeError: .to_bytes on a float; OverflowError: .to_bytes of a negative or too big int).
+_ENCODE_FAULTS: Final = (TypeError, AttributeError, OverflowError, KeyError, ValueError)
+
+
+def _enc_list(
+    convert: Callable[[_In], _Out],
+    items: list[_In],
+    name: str,
+    explain: Callable[[_In], None],
+) -> list[_Out]:
+    if not isinstance(items, list):
+        raise EncodeError(f"{type(items).__name__} is not a list", name)
+    if len(items) > BATCH_EVENTS_MAX:
+        raise EncodeError(f"{len(items)} events exceed the batch maximum {BATCH_EVENTS_MAX}", name)
+    try:
+        return [convert(item) for item in items]
+    except _ENCODE_FAULTS:
+        pass
+    for i, item in enumerate(items):
+        try:
+            convert(item)
+        except EncodeError as exc:
+            raise exc.within(f"{name}[{i}]") from None
+        except _ENCODE_FAULTS as exc:
+            try:
+                explain(item)
+            except EncodeError as named:
+                raise named.within(f"{name}[{i}]") from None
+            raise EncodeError(_describe(exc), f"{name}[{i}]") from None
+    raise AssertionError("unreachable: the conversion failed once")
+
+
+def _explain_transfer(t: Any) -> None:
+    if not isinstance(t, Transfer):
+        raise EncodeError(f"{type(t).__name__} is not a Transfer")
+    _explain_encode(t, _TRANSFER_SPEC)
+
+
+def _explain_account(a: Any) -> None:
+    if not isinstance(a, Account):
+        raise EncodeError(f"{type(a).__name__} is not an Account")
+    _explain_encode(a, _ACCOUNT_SPEC)
+
+
+def _explain_result(r: Any) -> None:
+    if not isinstance(r, ResultEntry):
+        raise EncodeError(f"{type(r).__name__} is not a ResultEntry")
+    _explain_encode(r, _RESULT_SPEC)
+
+
+def _explain_balances(b: Any, field: str) -> None:
+    if b is None:
+        return
+    if not isinstance(b, Balances):
+        raise EncodeError(f"{type(b).__name__} is not Balances", field)
+    try:
+        _explain_encode(b, _BALANCES_SPEC)
+    except EncodeError as exc:
+        raise exc.within(field) from None
+
+
+def _explain_event(e: Any) -> None:
+    """Names the field of an event that made its conversion fail."""
+    if type(e) not in _EVENT_ENCODERS:
+        raise EncodeError(f"{type(e).__name__} is not an event")
+    if isinstance(e, TransferApplied):
+        if e.kind not in _KIND_SYMBOL:
+            raise EncodeError(f"{e.kind!r} is not a TransferKind", "kind")
+        try:
+            _explain_transfer(e.transfer)
+        except EncodeError as exc:
+            raise exc.within("transfer") from None
+        _explain_encode(e, (("released", "u128"), ("timestamp", "u64")))
+        _explain_balances(e.debit, "debit")
+        _explain_balances(e.credit, "credit")
+    elif isinstance(e, (AccountCreated, AccountChanged)):
+        try:
+            _explain_account(e.account)
+        except EncodeError as exc:
+            raise exc.within("account") from None
+    elif isinstance(e, TransferFailed):
+        _explain_encode(e, (("transfer_id", "u128"), ("status", "u32"), ("timestamp", "u64")))
+    elif isinstance(e, SettlementRequested):
+        _explain_encode(
+            e,
+            (
+                ("account_id", "u128"), ("transfer_id", "u128"), ("amount", "u128"),
+                ("balance", "signed"), ("timestamp", "u64"),
+            ),
+        )  # fmt: skip
+
+
+def _dec_list(
+    convert: Callable[[Any], _Out], items: list[Any], name: str, limit: int
+) -> list[_Out]:
+    if len(items) > limit:
+        raise DecodeError(f"{len(items)} events exceed the batch maximum {limit}", name)
+    try:
+        return [convert(item) for item in items]
+    except DecodeError:
+        pass
+    for i, item in enumerate(items):
+        try:
+            convert(item)
+        except DecodeError as exc:
+            raise exc.within(f"{name}[{i}]") from None
+    raise AssertionError("unreachable: the conversion failed once")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics: when fastavro fails, re-walk the bytes (or the datum) with the schema to name the
+# field. Slow, only on bad input.
+
+_PRIMITIVES: Final = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
+
+
+class _Fault(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ByteWalker:
+    """Walks Avro binary by a writer schema; raises _Fault naming the path of the first fault."""
+
+    def __init__(self, data: bytes, pos: int, names: dict[str, Any]) -> None:
+        self.data, self.pos, self.names = data, pos, names
+        self.path = ""
+
+    def varint(self) -> int:
+        shift = result = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise _Fault("truncated payload")
+            byte = self.data[self.pos]
+            self.pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return (result >> 1) ^ -(result & 1)
+            shift += 7
+            if shift >= 70:
+                raise _Fault("malformed varint")
+
+    def take(self, n: int) -> bytes:
+        if n < 0:
+            raise _Fault(f"negative length {n}")
+        if self.pos + n > len(self.data):
+            raise _Fault("truncated payload")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def walk(self, schema: Any, path: str) -> None:
+        self.path = path
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            schema = self.names[schema]
+        if isinstance(schema, list):
+            index = self.varint()
+            if not 0 <= index < len(schema):
+                raise _Fault(f"union index {index} out of range")
+            self.walk(schema[index], path)
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if isinstance(kind, (dict, list)):
+            self.walk(kind, path)
+        elif kind == "record":
+            for f in schema["fields"]:
+                self.walk(f["type"], _join(path, f["name"]))
+        elif kind in ("array", "map"):
+            index = 0
+            while (count := self.varint()) != 0:
+                if count < 0:
+                    count = -count
+                    self.varint()  # block size in bytes
+                for _ in range(count):
+                    if kind == "map":
+                        key = self.take(self.varint())
+                        self.walk(schema["values"], f"{path}[{key!r}]")
+                    else:
+                        self.walk(schema["items"], f"{path}[{index}]")
+                    index += 1
+        elif kind == "enum":
+            index = self.varint()
+            if not 0 <= index < len(schema["symbols"]):
+                raise _Fault(f"unknown enum value (index {index})")
+        elif kind == "fixed":
+            self.take(schema["size"])
+        elif kind in ("bytes", "string"):
+            raw = self.take(self.varint())
+            if kind == "string":
+                try:
+                    raw.decode()
+                except UnicodeDecodeError:
+                    raise _Fault("invalid UTF-8 in string") from None
+        elif kind in ("int", "long"):
+            value = self.varint()
+            if kind == "int" and not -(1 << 31) <= value < (1 << 31):
+                raise _Fault(f"{value} overflows an Avro int")
+        elif kind == "boolean":
+            if self.take(1)[0] > 1:
+                raise _Fault("invalid boolean")
+        elif kind in ("float", "double"):
+            self.take(4 if kind == "float" else 8)
+        elif kind != "null":
+            raise AssertionError(kind)
+
+
+def _collect_names(schema: Any, names: dict[str, Any]) -> dict[str, Any]:
+    """Named types of a fastavro-parsed schema, by full name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            _collect_names(branch, names)
+    elif isinstance(schema, dict):
+        kind = schema["type"]
+        if kind in ("record", "enum", "fixed", "error"):
+            names[schema["name"]] = schema
+        if kind in ("record", "error"):
+            for f in schema["fields"]:
+                _collect_names(f["type"], names)
+        elif kind == "array":
+            _collect_names(schema["items"], names)
+        elif kind == "map":
+            _collect_names(schema["values"], names)
+        elif isinstance(kind, (dict, list)):
+            _collect_names(kind, names)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas: every shipped version, by fingerprint; the newest per message writes.
+
+
+class _Version:
+    __slots__ = ("fingerprint", "header", "message", "names", "schema", "version")
+
+    def __init__(self, message: str, version: int, schema: Any) -> None:
+        self.message = message
+        self.version = version
+        self.schema = schema
+        self.fingerprint = bytes.fromhex(
+            fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+        )
+        self.header = bytes([MAGIC]) + self.fingerprint
+        self.names = _collect_names(schema, {})
+
+
+class AvroCodec:
+    """The codec over one directory of ``ledger.<Message>.v<N>.avsc`` files.
+
+    The module-level functions use the shipped directory; tests build one over a directory with
+    an extra version to prove evolution works through the real lookup.
+    """
+
+    def __init__(self, directory: Path = SCHEMA_DIR) -> None:
+        self.by_fingerprint: dict[bytes, _Version] = {}
+        self.current: dict[str, _Version] = {}
+        for path in sorted(directory.glob("*.avsc")):
+            match = _FILE_RE.match(path.name)
+            if match is None:
+                raise ValueError(f"{path}: not named ledger.<Message>.v<N>.avsc")
+            schema = fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+            v = _Version(match["message"], int(match["version"]), schema)
+            known = self.by_fingerprint.get(v.fingerprint)
+            if known is not None and known.message != v.message:
+                raise ValueError(f"{path}: same fingerprint as a {known.message} schema")
+            # Equal canonical forms (e.g. only docs changed) decode alike; keep the first.
+            self.by_fingerprint.setdefault(v.fingerprint, v)
+            latest = self.current.get(v.message)
+            if latest is None or v.version > latest.version:
+                self.current[v.message] = v
+        for message in ("CommandBatch", "EventBatch", "ResultBatch"):
+            if message not in self.current:
+                raise ValueError(f"{directory}: no ledger.{message}.v<N>.avsc")
+
+    # -- framing -------------------------------------------------------------------------------
+
+    def _write(self, message: str, datum: dict[str, Any]) -> bytes:
+        v = self.current[message]
+        buf = io.BytesIO()
+        buf.write(v.header)
+        try:
+            fastavro.schemaless_writer(buf, v.schema, datum)
+        except Exception as exc:  # fastavro raises several types; name the field instead
+            raise _datum_fault(datum, v, exc) from None
+        return buf.getvalue()
+
+    def _read(self, message: str, data: bytes) -> dict[str, Any]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"{type(data).__name__} is not bytes")
+        data = bytes(data)
+        if len(data) < _HEADER_LEN:
+            raise DecodeError(f"{len(data)} bytes is shorter than the {_HEADER_LEN}-byte header")
+        if data[0] != MAGIC:
+            raise DecodeError(f"wrong magic byte 0x{data[0]:02x} (expected 0x{MAGIC:02x})")
+        writer = self.by_fingerprint.get(data[1:_HEADER_LEN])
+        if writer is None:
+            raise DecodeError(f"unknown schema (fingerprint {data[1:_HEADER_LEN].hex()})")
+        if writer.message != message:
+            raise DecodeError(f"a {writer.message} message, not a {message}")
+        reader = self.current[message]
+        buf = io.BytesIO(data)
+        buf.seek(_HEADER_LEN)
+        try:
+            datum = fastavro.schemaless_reader(
+                buf,
+                writer.schema,
+                None if reader is writer else reader.schema,
+                return_record_name=True,
+                return_record_name_override=True,
+            )
+        except Exception as exc:  # garbage makes fastavro raise many types; all are bad input
+            raise _bytes_fault(data, writer, exc) from None
+        if buf.tell() != len(data):
+            raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the payload")
+        if not isinstance(datum, dict):
+            raise DecodeError("payload is not a record")
+        return datum
+
+    # -- CommandBatch --------------------------------------------------------------------------
+
+    def encode_command_batch(self, batch: CommandBatch) -> bytes:
+        problem = (
+            _value_problem(batch.request_id, "u128")
+            or _value_problem(batch.submitted_at_ns, "u64")
+            or _value_problem(batch.submitter, "str")
+        )
+        if problem is not None:
+            _explain_encode(
+                batch,
+                (("request_id", "u128"), ("submitter", "str"), ("submitted_at_ns", "u64")),
+            )
+        command = batch.account_command
+        try:
+            encoded_command = None if command is None else _enc_account_command(command)
+        except EncodeError as exc:
+            raise exc.within("account_command") from None
+        except _ENCODE_FAULTS as exc:
+            raise EncodeError(_describe(exc), "account_command") from None
+        datum = {
+            "request_id": batch.request_id.to_bytes(16, "big"),
+            "submitter": batch.submitter,
+            "operation": _enum_symbol(_OPERATION_SYMBOL, batch.operation, "operation"),
+            "accounts": _enc_list(_enc_account, batch.accounts, "accounts", _explain_account),
+            "transfers": _enc_list(_enc_transfer, batch.transfers, "transfers", _explain_transfer),
+            "account_command": encoded_command,
+            "submitted_at_ns": _u64_to_long(batch.submitted_at_ns),
+        }
+        return self._write("CommandBatch", datum)
+
+    def decode_command_batch(self, data: bytes) -> CommandBatch:
+        d = self._read("CommandBatch", data)
+        try:
+            command = d["account_command"]
+            try:
+                decoded_command = None if command is None else _dec_account_command(command)
+            except DecodeError as exc:
+                raise exc.within("account_command") from None
+            return CommandBatch(
+                int.from_bytes(d["request_id"], "big"),
+                d["submitter"],
+                _enum_value(_OPERATION_BY_SYMBOL, d["operation"], "operation"),
+                _dec_list(_dec_account, d["accounts"], "accounts", BATCH_EVENTS_MAX),
+                _dec_list(_dec_transfer, d["transfers"], "transfers", BATCH_EVENTS_MAX),
+                decoded_command,
+                d["submitted_at_ns"] & _U64_MASK,
+            )
+        except DecodeError:
+            raise
+        except Exception as exc:  # a reader/converter mismatch must still not crash a consumer
+            raise DecodeError(f"undecodable: {_describe(exc)}") from None
+
+    # -- EventBatch ----------------------------------------------------------------------------
+
+    def encode_event_batch(self, batch: EventBatch) -> bytes:
+        problem = _value_problem(batch.partition, "i32") or _value_problem(
+            batch.source_offset, "i64"
+        )
+        if problem is not None:
+            _explain_encode(batch, (("partition", "i32"), ("source_offset", "i64")))
+        events = batch.events
+        if isinstance(events, list) and len(events) > EVENT_BATCH_EVENTS_MAX:
+            raise EncodeError(
+                f"{len(events)} events exceed the batch maximum {EVENT_BATCH_EVENTS_MAX}",
+                "events",
+            )
+        datum = {
+            "partition": batch.partition,
+            "events": _enc_list(_enc_event, events, "events", _explain_event),
+            "source_offset": batch.source_offset,
+        }
+        return self._write("EventBatch", datum)
+
+    def decode_event_batch(self, data: bytes) -> EventBatch:
+        d = self._read("EventBatch", data)
+        try:
+            return EventBatch(
+                d["partition"],
+                _dec_list(_dec_event, d["events"], "events", EVENT_BATCH_EVENTS_MAX),
+                d["source_offset"],
+            )
+        except DecodeError:
+            raise
+        except Exception as exc:  # a reader/converter mismatch must still not crash a consumer
+            raise DecodeError(f"undecodable: {_describe(exc)}") from None
+
+    # -- ResultBatch ---------------------------------------------------------------------------
+
+    def encode_result_batch(self, batch: ResultBatch) -> bytes:
+        problem = (
+            _value_problem(batch.request_id, "u128")
+            or _value_problem(batch.submitter, "str")
+            or _value_problem(batch.rejection, "optstr")
+        )
+        if problem is not None:
+            _explain_encode(
+                batch,
+                (("request_id", "u128"), ("submitter", "str"), ("rejection", "optstr")),
+            )
+        datum = {
+            "request_id": batch.request_id.to_bytes(16, "big"),
+            "submitter": batch.submitter,
+            "operation": _enum_symbol(_OPERATION_SYMBOL, batch.operation, "operation"),
+            "results": _enc_list(_enc_result, batch.results, "results", _explain_result),
+            "rejection": batch.rejection,
+        }
+        return self._write("ResultBatch", datum)
+
+    def decode_result_batch(self, data: bytes) -> ResultBatch:
+        d = self._read("ResultBatch", data)
+        try:
+            return ResultBatch(
+                int.from_bytes(d["request_id"], "big"),
+                d["submitter"],
+                _enum_value(_OPERATION_BY_SYMBOL, d["operation"], "operation"),
+                _dec_list(_dec_result, d["results"], "results", BATCH_EVENTS_MAX),
+                d["rejection"],
+            )
+        except DecodeError:
+            raise
+        except Exception as exc:  # a reader/converter mismatch must still not crash a consumer
+            raise DecodeError(f"undecodable: {_describe(exc)}") from None
+
+
+def _bytes_fault(data: bytes, writer: _Version, exc: BaseException) -> DecodeError:
+    walker = _ByteWalker(data, _HEADER_LEN, writer.names)
+    try:
+        walker.walk(writer.schema, "")
+    except _Fault as fault:
+        return DecodeError(fault.reason, walker.path or None)
+    except Exception as other:  # the walker is best effort; fastavro's complaint still stands
+        return DecodeError(f"undecodable payload: {_describe(other)}", walker.path or None)
+    # The bytes follow the writer schema: resolving them to the reader schema failed.
+    return DecodeError(f"cannot read as the current schema: {_describe(exc)}")
+
+
+def _datum_fault(datum: Any, version: _Version, exc: BaseException) -> EncodeError:
+    path = _find_bad_datum(datum, version.schema, version.names, "")
+    if path is not None:
+        return EncodeError(path[1], path[0] or None)
+    return EncodeError(_describe(exc))
+
+
+def _find_bad_datum(
+    datum: Any, schema: Any, names: dict[str, Any], path: str
+) -> tuple[str, str] | None:
+    """(path, reason) of the first value of `datum` that does not fit `schema`, if any."""
+    if isinstance(schema, str) and schema not in _PRIMITIVES:
+        schema = names[schema]
+    if isinstance(schema, list):
+        if isinstance(datum, tuple):
+            name, datum = datum
+            branch = next(
+                (b for b in schema if isinstance(b, dict) and b.get("name") == name), None
+            )
+            if branch is None:
+                return path, f"no union branch {name!r}"
+            return _find_bad_datum(datum, branch, names, path)
+        faults = [_find_bad_datum(datum, b, names, path) for b in schema]
+        if any(f is None for f in faults):
+            return None
+        return next((f for f in faults if f is not None and f[0] != path), faults[-1])
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if isinstance(kind, (dict, list)):
+        return _find_bad_datum(datum, kind, names, path)
+    if kind == "null":
+        return None if datum is None else (path, f"{datum!r} is not null")
+    if kind == "string":
+        return None if isinstance(datum, str) else (path, f"{type(datum).__name__} is not a string")
+    if kind == "boolean":
+        return None if isinstance(datum, bool) else (path, f"{datum!r} is not a bool")
+    if kind == "long":
+        ok = isinstance(datum, int) and _I64_MIN <= datum <= _I64_MAX
+        return None if ok else (path, f"{datum!r} is not a 64-bit integer")
+    if kind == "int":
+        ok = isinstance(datum, int) and -(1 << 31) <= datum < (1 << 31)
+        return None if ok else (path, f"{datum!r} is not a 32-bit integer")
+    if kind == "bytes":
+        return None if isinstance(datum, bytes) else (path, f"{datum!r} is not bytes")
+    if kind == "fixed":
+        ok = isinstance(datum, bytes) and len(datum) == schema["size"]
+        return None if ok else (path, f"{datum!r} is not {schema['size']} bytes")
+    if kind == "enum":
+        ok = datum in schema["symbols"]
+        return None if ok else (path, f"{datum!r} is not one of {schema['symbols']}")
+    if kind == "array":
+        if not isinstance(datum, list):
+            return path, f"{type(datum).__name__} is not a list"
+        for i, item in enumerate(datum):
+            fault = _find_bad_datum(item, schema["items"], names, f"{path}[{i}]")
+            if fault is not None:
+                return fault
+        return None
+    if kind == "map":
+        if not isinstance(datum, dict):
+            return path, f"{type(datum).__name__} is not a map"
+        for key, item in datum.items():
+            if not isinstance(key, str):
+                return f"{path}[{key!r}]", "map key is not a string"
+            fault = _find_bad_datum(item, schema["values"], names, f"{path}[{key!r}]")
+            if fault is not None:
+                return fault
+        return None
+    if kind == "record":
+        if not isinstance(datum, dict):
+            return path, f"{type(datum).__name__} is not a record"
+        for f in schema["fields"]:
+            fault = _find_bad_datum(datum.get(f["name"]), f["type"], names, _join(path, f["name"]))
+            if fault is not None:
+                return fault
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped codec.
+
+_CODEC: Final = AvroCodec()
+
+
+def encode_command_batch(batch: CommandBatch) -> bytes:
+    return _CODEC.encode_command_batch(batch)
+
+
+def decode_command_batch(data: bytes) -> CommandBatch:
+    return _CODEC.decode_command_batch(data)
+
+
+def encode_event_batch(batch: EventBatch) -> bytes:
+    return _CODEC.encode_event_batch(batch)
+
+
+def decode_event_batch(data: bytes) -> EventBatch:
+    return _CODEC.decode_event_batch(data)
+
+
+def encode_result_batch(batch: ResultBatch) -> bytes:
+    return _CODEC.encode_result_batch(batch)
+
+
+def decode_result_batch(data: bytes) -> ResultBatch:
+    return _CODEC.decode_result_batch(data)
+
+
+def _benchmark(events: int = 1000, rounds: int = 30) -> None:
+    """``python -m schemas.codec``: best-of-N µs per event, both ways, for the hot batches."""
+    import random
+    import time
+
+    rng = random.Random(1)
+    ts0 = 1_750_000_000_000_000_000
+    transfers = [
+        Transfer(
+            rng.getrandbits(128),
+            rng.getrandbits(128),
+            rng.getrandbits(128),
+            rng.getrandbits(64),
+            0,
+            rng.getrandbits(128),
+            rng.getrandbits(64),
+            rng.getrandbits(32),
+            0,
+            1,
+            1,
+            0,
+            ts0 + i,
+        )
+        for i in range(events)
+    ]
+    commands = CommandBatch(
+        rng.getrandbits(128), "bench", Operation.CREATE_TRANSFERS, transfers=transfers
+    )
+    applied: list[Event] = [
+        TransferApplied(
+            TransferKind.SINGLE_PHASE,
+            t,
+            0,
+            Balances(t.debit_account_id, 0, rng.getrandbits(70), 0, rng.getrandbits(70)),
+            Balances(t.credit_account_id, 0, rng.getrandbits(70), 0, rng.getrandbits(70)),
+            t.timestamp,
+        )
+        for t in transfers
+    ]
+    cases: list[tuple[str, Callable[[Any], bytes], Callable[[bytes], Any], Any]] = [
+        ("CommandBatch x transfers", encode_command_batch, decode_command_batch, commands),
+        ("EventBatch x TransferApplied", encode_event_batch, decode_event_batch,
+         EventBatch(0, applied, 0)),
+    ]  # fmt: skip
+    for label, encode, decode, batch in cases:
+        data = encode(batch)
+        assert decode(data) == batch
+        best_encode = best_decode = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            encode(batch)
+            best_encode = min(best_encode, time.perf_counter() - start)
+            start = time.perf_counter()
+            decode(data)
+            best_decode = min(best_decode, time.perf_counter() - start)
+        print(
+            f"{label.replace('x', str(events))}: {len(data) / events:.0f} B/event, "
+            f"encode {best_encode / events * 1e6:.2f} µs/event, "
+            f"decode {best_decode / events * 1e6:.2f} µs/event"
+        )
+
+
+if __name__ == "__main__":
+    _benchmark()
