@@ -15,11 +15,15 @@ from schemas.records import Account, Transfer, UpdateSettings
 __all__ = [
     "AccountCommand",
     "AccountCommandKind",
+    "Apply",
     "CommandBatch",
     "EventBatch",
+    "ExpireRequest",
+    "Facts",
     "Operation",
     "ResultBatch",
     "ResultEntry",
+    "SequencedEntry",
 ]
 
 
@@ -83,3 +87,55 @@ class EventBatch:
     events: list[Event]
     # The commands-topic offset this batch's state reflects (recovery of processor state).
     source_offset: int = -1
+
+
+# --- Cross-partition protocol (docs/PIPELINE.md, "The sequenced path") ---------------------
+
+
+@dataclass(slots=True)
+class ExpireRequest:
+    """Expire these pending transfers (owned by the entry's home) as of `now`."""
+
+    transfer_ids: list[int]
+    now: int
+
+
+@dataclass(slots=True)
+class SequencedEntry:
+    """A request whose keys span partitions, in the total order of the sequence topic."""
+
+    home: int  # the partition that decides it and answers the submitter
+    attempt: int  # 0 first; +1 each time it is re-sequenced with more keys
+    account_ids: list[int]  # every account the decision reads
+    transfer_ids: list[int]  # every transfer id the decision reads (ids, pending ids)
+    all_partitions: bool  # imported events read ledger-wide facts
+    request: CommandBatch | None = None
+    expire: ExpireRequest | None = None
+
+
+@dataclass(slots=True)
+class Facts:
+    """What one participant owns of an entry's keys, read under its locks."""
+
+    sequence: int  # the entry's offset in the sequence topic
+    sender: int
+    accounts: dict[int, Account | None] = field(default_factory=dict)
+    settlements: dict[int, int] = field(default_factory=dict)
+    transfers: dict[int, Transfer | None] = field(default_factory=dict)
+    pending: dict[int, int] = field(default_factory=dict)
+    failed: dict[int, int] = field(default_factory=dict)
+    expiries: dict[int, tuple[int, int]] = field(default_factory=dict)
+    max_account_timestamp: int = 0
+    max_transfer_timestamp: int = 0
+    timestamp_kinds: dict[int, int] = field(default_factory=dict)
+    # The highest timestamp in the sender's state: the decision is timed after it (Lamport), so
+    # every account's history is in timestamp order.
+    last_timestamp: int = 0
+
+
+@dataclass(slots=True)
+class Apply:
+    """The decider's answer to a participant: the events to fold (none: released, retried)."""
+
+    sequence: int
+    events: list[Event] = field(default_factory=list)

@@ -253,9 +253,10 @@ class Scope:
     def set_settlement(self, account_id: int, transfer_id: int) -> None:
         self.settlements[account_id] = transfer_id
 
-    def merge(self) -> None:
-        """Write everything buffered here into the parent (the chain or batch commits)."""
-        parent = self.parent
+    def merge(self, target: LedgerState | None = None) -> None:
+        """Write everything buffered here into the parent (the chain or batch commits), or into
+        `target` when the parent is a read-only view of it."""
+        parent = target if target is not None else self.parent
         for account_id, account in self.accounts.items():
             if account_id in self._replaced:
                 parent.put_account(account)

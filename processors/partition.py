@@ -1,0 +1,533 @@
+"""What the owner of one commands partition decides: the protocol of docs/PIPELINE.md, without
+Kafka. Inputs are method calls (a request arrived, a sequence entry was read, facts or an apply
+arrived, time passed); outputs accumulate in an `Outbox` the Kafka service writes in one
+transaction. Deterministic given its inputs, so it runs the same in the service, in recovery and
+in the in-memory protocol simulation the tests drive.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from processors.ledger import (
+    BatchTooLarge,
+    Ledger,
+    LedgerConfig,
+    PartitionOwnership,
+    Scope,
+    apply_event,
+    event_owners,
+)
+from processors.ledger.state import LedgerState
+from processors.views import (
+    ACCOUNT,
+    LEDGER_WIDE,
+    TRANSFER,
+    FactsView,
+    Key,
+    LocalView,
+    LockedKey,
+    MissingKey,
+)
+from schemas import (
+    BATCH_EVENTS_MAX,
+    AccountFlags,
+    Event,
+    PendingStatus,
+    TransferFlags,
+)
+from schemas.messages import (
+    AccountCommandKind,
+    Apply,
+    CommandBatch,
+    ExpireRequest,
+    Facts,
+    Operation,
+    ResultBatch,
+    ResultEntry,
+    SequencedEntry,
+)
+from schemas.partitioning import partition_of
+
+__all__ = [
+    "LANE_MASK",
+    "MAX_PARTITIONS",
+    "TIMESTAMP_STEP",
+    "Outbox",
+    "PartitionMachine",
+    "align_to_lane",
+    "request_keys",
+]
+
+# The low 6 bits of a timestamp name the partition that assigned it, so timestamps are unique
+# across the ledger while each partition's own stay strictly increasing.
+TIMESTAMP_STEP = 64
+LANE_MASK = TIMESTAMP_STEP - 1
+MAX_PARTITIONS = TIMESTAMP_STEP
+
+
+def align_to_lane(timestamp: int, lane: int) -> int:
+    """The smallest timestamp >= `timestamp` in `lane`."""
+    return timestamp + ((lane - timestamp) & LANE_MASK)
+
+
+@dataclass(slots=True)
+class Outbox:
+    """Everything one step produced; the service commits it in one Kafka transaction."""
+
+    events: list[Event] = field(default_factory=list)  # folded here, in order: events[p]
+    results: list[ResultBatch] = field(default_factory=list)
+    messages: list[tuple[int, Facts | Apply]] = field(default_factory=list)  # to commands[q]
+    sequence: list[SequencedEntry] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.results or self.messages or self.sequence)
+
+
+def request_keys(batch: CommandBatch) -> tuple[set[int], set[int], bool]:
+    """(account ids, transfer ids, ledger-wide) a request is known to read before deciding."""
+    accounts: set[int] = set()
+    transfers: set[int] = set()
+    ledger_wide = False
+    if batch.operation is Operation.CREATE_ACCOUNTS:
+        for account in batch.accounts:
+            accounts.add(account.id)
+            ledger_wide |= bool(account.flags & AccountFlags.IMPORTED)
+    elif batch.operation is Operation.CREATE_TRANSFERS:
+        for transfer in batch.transfers:
+            transfers.add(transfer.id)
+            if transfer.debit_account_id:
+                accounts.add(transfer.debit_account_id)
+            if transfer.credit_account_id:
+                accounts.add(transfer.credit_account_id)
+            if transfer.pending_id:
+                transfers.add(transfer.pending_id)
+            ledger_wide |= bool(transfer.flags & TransferFlags.IMPORTED)
+    elif batch.account_command is not None:
+        accounts.add(batch.account_command.account_id)
+    return accounts, transfers, ledger_wide
+
+
+def _request_problem(batch: CommandBatch) -> str | None:
+    """Why a decoded request cannot be executed at all, or None."""
+    operation = batch.operation
+    count = len(batch.accounts) + len(batch.transfers)
+    if count > BATCH_EVENTS_MAX:
+        return f"batch has {count} events; at most {BATCH_EVENTS_MAX} are allowed"
+    if operation is Operation.CREATE_ACCOUNTS and (batch.transfers or batch.account_command):
+        return "operation: create_accounts carries only accounts"
+    if operation is Operation.CREATE_TRANSFERS and (batch.accounts or batch.account_command):
+        return "operation: create_transfers carries only transfers"
+    if operation is Operation.ACCOUNT_COMMAND:
+        if batch.accounts or batch.transfers:
+            return "operation: account_command carries no accounts or transfers"
+        if batch.account_command is None:
+            return "account_command: missing"
+        command = batch.account_command
+        if command.kind is AccountCommandKind.UPDATE_SETTINGS and command.settings is None:
+            return "account_command.settings: missing for update_settings"
+    return None
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A sequenced entry this partition takes part in."""
+
+    entry: SequencedEntry
+    keys: set[Key]  # the keys of the entry this partition owns
+    admitted: bool = False  # its keys are locked and its facts are sent
+    apply: Apply | None = None  # the decider's answer, waiting for earlier entries
+
+
+@dataclass(slots=True)
+class _Decision:
+    """At the home: an entry waiting for its participants' facts."""
+
+    entry: SequencedEntry | None = None  # None until the home has read it from the sequence
+    participants: set[int] = field(default_factory=set)
+    facts: dict[int, Facts] = field(default_factory=dict)
+
+
+class PartitionMachine:
+    def __init__(
+        self,
+        partition: int,
+        partitions: int,
+        state: LedgerState,
+        config: LedgerConfig | None = None,
+    ) -> None:
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be within 1..{MAX_PARTITIONS}, got {partitions}")
+        self.partition = partition
+        self.partitions = partitions
+        self.state = state
+        self.ownership = PartitionOwnership(partition, partitions)
+        self.rules = Ledger(
+            replace(config or LedgerConfig(), timestamp_step=TIMESTAMP_STEP, partitions=partitions)
+        )
+        # Protocol state (persisted by the service with every transaction).
+        self.last_timestamp = 0  # the highest timestamp this partition assigned or folded
+        self.now = 0  # the latest wall-clock time the service reported
+        self.sequence_next = 0  # the next sequence offset to read
+        self.entries: dict[int, _Entry] = {}  # by sequence offset, in order
+        self.locks: dict[Key, int] = {}
+        self.decisions: dict[int, _Decision] = {}
+        self.deferred: deque[CommandBatch] = deque()
+        self.expiring: set[int] = set()  # pending ids whose expiry is sequenced
+        # Facts and applies this partition sends itself: handled after the step that made them,
+        # never from inside it.
+        self._inbox: deque[Facts | Apply] = deque()
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs
+
+    def on_request(self, batch: CommandBatch, now: int, out: Outbox) -> None:
+        """A request arrived on this partition's commands topic."""
+        problem = _request_problem(batch)
+        if problem is not None:
+            out.results.append(_rejection(batch, problem))
+            return
+        if not self._try_request(batch, now, out):
+            self.deferred.append(batch)
+        self._drain(out)
+
+    def on_sequenced(self, offset: int, entry: SequencedEntry, out: Outbox) -> None:
+        """The next entry of the sequence topic (every processor reads every entry)."""
+        if offset < self.sequence_next:
+            return  # already read before a restart
+        self.sequence_next = offset + 1
+        participants = self._participants(entry)
+        if self.partition not in participants:
+            return
+        self.entries[offset] = _Entry(entry, self._owned_keys(entry))
+        if entry.home == self.partition:
+            decision = self.decisions.setdefault(offset, _Decision())
+            decision.entry, decision.participants = entry, participants
+        self._admit(out)
+        self._drain(out)
+
+    def on_facts(self, facts: Facts, out: Outbox) -> None:
+        self._inbox.append(facts)
+        self._drain(out)
+
+    def on_apply(self, apply: Apply, out: Outbox) -> None:
+        self._inbox.append(apply)
+        self._drain(out)
+
+    def _drain(self, out: Outbox) -> None:
+        while self._inbox:
+            message = self._inbox.popleft()
+            if isinstance(message, Facts):
+                decision = self.decisions.setdefault(message.sequence, _Decision())
+                decision.facts[message.sender] = message
+                self._try_decide(message.sequence, out)
+            else:
+                entry = self.entries.get(message.sequence)
+                if entry is None or entry.apply is not None:
+                    continue  # not ours, or a duplicate after a restart
+                entry.apply = message
+                self._apply_in_order(out)
+
+    def on_tick(self, now: int, out: Outbox) -> None:
+        """Time passed: expire what is due, and retry what waited."""
+        self.now = max(self.now, now)
+        self._expire(now, out)
+        self._retry_deferred(now, out)
+        self._drain(out)
+
+    # ------------------------------------------------------------------------------------------
+    # Requests decided here alone, or sequenced
+
+    def _try_request(self, batch: CommandBatch, now: int, out: Outbox) -> bool:
+        """Decide or sequence the request; False if it must wait for locked keys."""
+        accounts, transfers, ledger_wide = request_keys(batch)
+        keys = {(ACCOUNT, a) for a in accounts} | {(TRANSFER, t) for t in transfers}
+        if (ledger_wide and self.partitions > 1) or not all(self._owns(key) for key in keys):
+            self._sequence(batch, keys, ledger_wide, now, out)
+            return True
+        if any(key in self.locks for key in keys):
+            return False
+        self.now = max(self.now, now)
+        base = self._next_base()
+        view = LocalView(self.state, self.ownership, self.locks)
+        scope = Scope(view)
+        try:
+            results, events, next_timestamp = self._run(batch, scope, base)
+        except LockedKey:
+            return False
+        except MissingKey as missing:
+            known = view.read | keys | {missing.key}
+            self._sequence(batch, known, ledger_wide or missing.key[0] == LEDGER_WIDE, now, out)
+            return True
+        scope.merge(self.state)
+        out.events.extend(events)
+        out.results.append(_answer(batch, results))
+        self.last_timestamp = max(self.last_timestamp, next_timestamp - TIMESTAMP_STEP)
+        return True
+
+    def _run(
+        self, batch: CommandBatch, state: LedgerState, base: int
+    ) -> tuple[list[ResultEntry], list[Event], int]:
+        rules = self.rules
+        if batch.operation is Operation.CREATE_ACCOUNTS:
+            outcome = rules.create_accounts(state, batch.accounts, base)
+        elif batch.operation is Operation.CREATE_TRANSFERS:
+            outcome = rules.create_transfers(state, batch.transfers, base)
+        else:
+            command = batch.account_command
+            assert command is not None
+            kind = command.kind
+            if kind is AccountCommandKind.FREEZE:
+                done = rules.freeze(state, command.account_id, base, command.expected_version)
+            elif kind is AccountCommandKind.UNFREEZE:
+                done = rules.unfreeze(state, command.account_id, base, command.expected_version)
+            elif kind is AccountCommandKind.CLOSE:
+                done = rules.close(state, command.account_id, base, command.expected_version)
+            else:
+                assert command.settings is not None
+                done = rules.update_settings(
+                    state, command.account_id, command.settings, base, command.expected_version
+                )
+            entry = ResultEntry(int(done.status), base, done.version)
+            return [entry], done.events, max(done.next_timestamp, base + TIMESTAMP_STEP)
+        results = [ResultEntry(int(r.status), r.timestamp) for r in outcome.results]
+        return results, outcome.events, outcome.next_timestamp
+
+    def _sequence(
+        self, batch: CommandBatch, keys: Iterable[Key], ledger_wide: bool, now: int, out: Outbox
+    ) -> None:
+        out.sequence.append(self._entry(keys, ledger_wide, now, request=batch))
+
+    def _entry(
+        self,
+        keys: Iterable[Key],
+        ledger_wide: bool,
+        now: int,
+        request: CommandBatch | None = None,
+        expire: ExpireRequest | None = None,
+    ) -> SequencedEntry:
+        accounts = sorted(k[1] for k in keys if k[0] == ACCOUNT)
+        transfers = sorted(k[1] for k in keys if k[0] == TRANSFER)
+        return SequencedEntry(
+            self.partition, 0, accounts, transfers, ledger_wide, request=request, expire=expire
+        )
+
+    def _next_base(self, after: int = 0) -> int:
+        """The first timestamp of a decision here: in our lane, after everything we assigned or
+        folded and after `after` (what the decision read), and not before the wall clock."""
+        floor = max(self.last_timestamp, after) + 1
+        return align_to_lane(max(floor, self.now), self.partition)
+
+    def _retry_deferred(self, now: int, out: Outbox) -> None:
+        for _ in range(len(self.deferred)):
+            batch = self.deferred.popleft()
+            if not self._try_request(batch, now, out):
+                self.deferred.append(batch)
+
+    # ------------------------------------------------------------------------------------------
+    # Sequenced entries: admission (locks + facts), decision at the home, apply in order
+
+    def _participants(self, entry: SequencedEntry) -> set[int]:
+        if entry.all_partitions:
+            return set(range(self.partitions))
+        owners = {partition_of(a, self.partitions) for a in entry.account_ids}
+        owners.update(partition_of(t, self.partitions) for t in entry.transfer_ids)
+        owners.add(entry.home)
+        return owners
+
+    def _owns(self, key: Key) -> bool:
+        return partition_of(key[1], self.partitions) == self.partition
+
+    def _owned_keys(self, entry: SequencedEntry) -> set[Key]:
+        keys = {(ACCOUNT, a) for a in entry.account_ids} | {
+            (TRANSFER, t) for t in entry.transfer_ids
+        }
+        return {key for key in keys if self._owns(key)}
+
+    def _admit(self, out: Outbox) -> None:
+        """Lock and read entries in sequence order; an entry waits behind earlier ones that hold
+        or wait for any of its keys (so there is never a deadlock)."""
+        reserved: set[Key] = set()
+        for offset, entry in self.entries.items():
+            if entry.admitted:
+                continue
+            if any(key in self.locks or key in reserved for key in entry.keys):
+                reserved |= entry.keys
+                continue
+            for key in entry.keys:
+                self.locks[key] = offset
+            entry.admitted = True
+            facts = self._read_facts(offset, entry)
+            if entry.entry.home == self.partition:
+                self._inbox.append(facts)
+            else:
+                out.messages.append((entry.entry.home, facts))
+
+    def _read_facts(self, offset: int, entry: _Entry) -> Facts:
+        state = self.state
+        facts = Facts(offset, self.partition, last_timestamp=self.last_timestamp)
+        for kind, key_id in entry.keys:
+            if kind == ACCOUNT:
+                account = state.get_account(key_id)
+                facts.accounts[key_id] = account.copy() if account is not None else None
+                settlement = state.get_settlement(key_id)
+                if settlement:
+                    facts.settlements[key_id] = settlement
+            else:
+                transfer = state.get_transfer(key_id)
+                facts.transfers[key_id] = transfer.copy() if transfer is not None else None
+                status = state.get_pending_status(key_id)
+                if status:
+                    facts.pending[key_id] = int(status)
+                    if (
+                        transfer is not None
+                        and transfer.timeout
+                        and status is PendingStatus.PENDING
+                    ):
+                        facts.expiries[key_id] = (transfer.expires_at, transfer.timestamp)
+                failed = state.get_failed(key_id)
+                if failed:
+                    facts.failed[key_id] = failed
+        sequenced = entry.entry
+        if sequenced.all_partitions:
+            facts.max_account_timestamp = state.max_account_timestamp()
+            facts.max_transfer_timestamp = state.max_transfer_timestamp()
+            for timestamp in _imported_timestamps(sequenced):
+                kind_here = state.timestamp_kind(timestamp)
+                if kind_here:
+                    facts.timestamp_kinds[timestamp] = kind_here
+        return facts
+
+    def _try_decide(self, offset: int, out: Outbox) -> None:
+        decision = self.decisions[offset]
+        entry = decision.entry
+        if entry is None or not decision.participants <= decision.facts.keys():
+            return
+        del self.decisions[offset]
+        facts = list(decision.facts.values())
+        base = self._next_base(after=max(f.last_timestamp for f in facts))
+        expire_ids = entry.expire.transfer_ids if entry.expire is not None else ()
+        view = FactsView(facts, expire_ids)
+        view.ledger_wide = entry.all_partitions
+        scope = Scope(view)
+        try:
+            if entry.expire is not None:
+                outcome = self.rules.expire_pending(scope, entry.expire.now, base)
+                next_timestamp = outcome.next_timestamp
+                results: list[ResultEntry] = []
+                events = outcome.events
+            else:
+                assert entry.request is not None
+                results, events, next_timestamp = self._run(entry.request, scope, base)
+        except MissingKey as missing:
+            kind, key_id = missing.key
+            retry = replace(
+                entry,
+                attempt=entry.attempt + 1,
+                account_ids=sorted({*entry.account_ids, key_id})
+                if kind == ACCOUNT
+                else entry.account_ids,
+                transfer_ids=sorted({*entry.transfer_ids, key_id})
+                if kind == TRANSFER
+                else entry.transfer_ids,
+                all_partitions=entry.all_partitions or kind == LEDGER_WIDE,
+            )
+            self._release_and_retry(offset, decision, retry, out)
+            return
+        except BatchTooLarge as too_large:  # refused on arrival already; kept for safety
+            assert entry.request is not None
+            out.results.append(_rejection(entry.request, str(too_large)))
+            events = []
+        else:
+            self.last_timestamp = max(self.last_timestamp, next_timestamp - TIMESTAMP_STEP)
+            if entry.request is not None:
+                out.results.append(_answer(entry.request, results))
+        if entry.expire is not None:
+            self.expiring.difference_update(entry.expire.transfer_ids)
+        for participant in sorted(decision.participants):
+            mine = [e for e in events if participant in event_owners(e, self.partitions)]
+            self._send_apply(participant, Apply(offset, mine), out)
+
+    def _release_and_retry(
+        self, offset: int, decision: _Decision, retry: SequencedEntry, out: Outbox
+    ) -> None:
+        for participant in sorted(decision.participants):
+            self._send_apply(participant, Apply(offset), out)
+        out.sequence.append(retry)
+
+    def _send_apply(self, participant: int, apply: Apply, out: Outbox) -> None:
+        if participant == self.partition:
+            self._inbox.append(apply)
+        else:
+            out.messages.append((participant, apply))
+
+    def _apply_in_order(self, out: Outbox) -> None:
+        """Fold decided entries in sequence order, so the events log stays time-ordered."""
+        applied = False
+        while self.entries:
+            offset = next(iter(self.entries))
+            entry = self.entries[offset]
+            if entry.apply is None:
+                break
+            del self.entries[offset]
+            for event in entry.apply.events:
+                apply_event(self.state, event, self.ownership)
+                out.events.append(event)
+                self.last_timestamp = max(self.last_timestamp, event.timestamp)
+            for key in entry.keys:
+                if self.locks.get(key) == offset:
+                    del self.locks[key]
+            applied = True
+        if applied:
+            self._admit(out)
+
+    # ------------------------------------------------------------------------------------------
+    # Expiry
+
+    def _expire(self, now: int, out: Outbox) -> None:
+        local: set[int] = set()
+        remote: list[int] = []
+        keys: set[Key] = set()
+        for _expires_at, _timestamp, transfer_id in self.state.expiring(now):
+            if transfer_id in self.expiring or (TRANSFER, transfer_id) in self.locks:
+                continue
+            pending = self.state.get_transfer(transfer_id)
+            assert pending is not None
+            accounts = {(ACCOUNT, pending.debit_account_id), (ACCOUNT, pending.credit_account_id)}
+            if all(self._owns(key) for key in accounts):
+                if not any(key in self.locks for key in accounts):
+                    local.add(transfer_id)
+            else:
+                remote.append(transfer_id)
+                keys |= accounts | {(TRANSFER, transfer_id)}
+        if local:
+            self.now = max(self.now, now)
+            view = LocalView(self.state, self.ownership, self.locks, expiring_ids=local)
+            scope = Scope(view)
+            outcome = self.rules.expire_pending(scope, now, self._next_base())
+            scope.merge(self.state)
+            out.events.extend(outcome.events)
+            self.last_timestamp = max(self.last_timestamp, outcome.next_timestamp - TIMESTAMP_STEP)
+        if remote:
+            self.expiring.update(remote)
+            out.sequence.append(self._entry(keys, False, now, expire=ExpireRequest(remote, now)))
+
+
+def _imported_timestamps(entry: SequencedEntry) -> list[int]:
+    request = entry.request
+    if request is None:
+        return []
+    items = (
+        request.accounts if request.operation is Operation.CREATE_ACCOUNTS else request.transfers
+    )
+    return [item.timestamp for item in items if item.timestamp]
+
+
+def _answer(batch: CommandBatch, results: list[ResultEntry]) -> ResultBatch:
+    return ResultBatch(batch.request_id, batch.submitter, batch.operation, results)
+
+
+def _rejection(batch: CommandBatch, reason: str) -> ResultBatch:
+    return ResultBatch(batch.request_id, batch.submitter, batch.operation, [], rejection=reason)

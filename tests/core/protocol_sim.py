@@ -1,0 +1,165 @@
+"""An in-memory network of PartitionMachines: the Kafka topics as queues, delivery order chosen
+by a seeded random generator. The protocol of docs/PIPELINE.md runs here exactly as in the
+service, minus Kafka (test helper)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+
+from processors.ledger import MemoryState, PartitionOwnership
+from processors.partition import Outbox, PartitionMachine
+from schemas import Account, Event, Transfer, UpdateSettings
+from schemas.messages import (
+    AccountCommand,
+    AccountCommandKind,
+    Apply,
+    CommandBatch,
+    Facts,
+    Operation,
+    ResultBatch,
+    SequencedEntry,
+)
+from schemas.topics import home_partition
+
+_request_ids = count(1)
+
+
+@dataclass
+class SimNetwork:
+    partitions: int
+    seed: int = 0
+    now: int = 1
+    machines: list[PartitionMachine] = field(init=False)
+    states: list[MemoryState] = field(init=False)
+    queues: list[deque[CommandBatch | Facts | Apply]] = field(init=False)
+    sequence: list[SequencedEntry] = field(default_factory=list)
+    read: list[int] = field(init=False)
+    logs: list[list[Event]] = field(init=False)
+    results: dict[int, ResultBatch] = field(default_factory=dict)
+    answered: list[int] = field(default_factory=list)
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.states = [MemoryState() for _ in range(self.partitions)]
+        self.machines = [
+            PartitionMachine(p, self.partitions, self.states[p]) for p in range(self.partitions)
+        ]
+        self.queues = [deque() for _ in range(self.partitions)]
+        self.read = [0] * self.partitions
+        self.logs = [[] for _ in range(self.partitions)]
+
+    # Submitting -----------------------------------------------------------------------------
+
+    def submit(self, batch: CommandBatch) -> int:
+        self.queues[home_partition(batch, self.partitions)].append(batch)
+        return batch.request_id
+
+    def request(self, operation: Operation, **parts: object) -> CommandBatch:
+        return CommandBatch(next(_request_ids), "sim", operation, **parts)  # type: ignore[arg-type]
+
+    def accounts(self, accounts: list[Account]) -> CommandBatch:
+        return self.request(Operation.CREATE_ACCOUNTS, accounts=[a.copy() for a in accounts])
+
+    def transfers(self, transfers: list[Transfer]) -> CommandBatch:
+        return self.request(Operation.CREATE_TRANSFERS, transfers=[t.copy() for t in transfers])
+
+    def command(
+        self,
+        kind: AccountCommandKind,
+        account_id: int,
+        expected_version: int = 0,
+        settings: UpdateSettings | None = None,
+    ) -> CommandBatch:
+        command = AccountCommand(kind, account_id, expected_version, settings)
+        return self.request(Operation.ACCOUNT_COMMAND, account_command=command)
+
+    # Running --------------------------------------------------------------------------------
+
+    def _deliver(self, partition: int, out: Outbox) -> bool:
+        machine = self.machines[partition]
+        can_read = self.read[partition] < len(self.sequence)
+        queue = self.queues[partition]
+        if not can_read and not queue:
+            return False
+        if can_read and (not queue or self.rng.random() < 0.5):
+            offset = self.read[partition]
+            self.read[partition] += 1
+            machine.on_sequenced(offset, self.sequence[offset], out)
+        else:
+            message = queue.popleft()
+            if isinstance(message, CommandBatch):
+                machine.on_request(message, self.now, out)
+            elif isinstance(message, Facts):
+                machine.on_facts(message, out)
+            else:
+                machine.on_apply(message, out)
+        return True
+
+    def _collect(self, partition: int, out: Outbox) -> None:
+        self.logs[partition].extend(out.events)
+        for result in out.results:
+            assert result.request_id not in self.results, "a request answered twice"
+            self.results[result.request_id] = result
+            self.answered.append(result.request_id)
+        for target, message in out.messages:
+            self.queues[target].append(message)
+        self.sequence.extend(out.sequence)
+
+    def run(self, max_steps: int = 1_000_000) -> None:
+        """Deliver everything, in random order, until nothing moves."""
+        while True:
+            progressed = False
+            while True:
+                ready = [
+                    p
+                    for p in range(self.partitions)
+                    if self.queues[p] or self.read[p] < len(self.sequence)
+                ]
+                if not ready:
+                    break
+                partition = self.rng.choice(ready)
+                out = Outbox()
+                self._deliver(partition, out)
+                self._collect(partition, out)
+                self.now += self.rng.randrange(100, 5_000)
+                self.steps += 1
+                progressed = True
+                assert self.steps < max_steps, "the network does not settle"
+            for partition, machine in enumerate(self.machines):
+                out = Outbox()
+                machine.on_tick(self.now, out)
+                if out:
+                    progressed = True
+                self._collect(partition, out)
+            if not progressed:
+                return
+
+    def advance(self, nanoseconds: int) -> None:
+        self.now += nanoseconds
+        self.run()
+
+    # Inspecting -----------------------------------------------------------------------------
+
+    def ownership(self, partition: int) -> PartitionOwnership:
+        return PartitionOwnership(partition, self.partitions)
+
+    def account(self, account_id: int) -> Account | None:
+        from schemas.partitioning import partition_of
+
+        return self.states[partition_of(account_id, self.partitions)].get_account(account_id)
+
+    def transfer(self, transfer_id: int) -> Transfer | None:
+        from schemas.partitioning import partition_of
+
+        return self.states[partition_of(transfer_id, self.partitions)].get_transfer(transfer_id)
+
+    def quiet(self) -> bool:
+        """No locks, open entries, decisions or deferred requests left anywhere."""
+        return all(
+            not m.locks and not m.entries and not m.decisions and not m.deferred
+            for m in self.machines
+        )
