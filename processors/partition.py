@@ -41,10 +41,13 @@ from schemas import (
 from schemas.messages import (
     AccountCommandKind,
     Apply,
+    Checkpoint,
     CommandBatch,
     ExpireRequest,
     Facts,
+    OpenEntry,
     Operation,
+    PendingDecision,
     ResultBatch,
     ResultEntry,
     SequencedEntry,
@@ -179,6 +182,54 @@ class PartitionMachine:
         # Facts and applies this partition sends itself: handled after the step that made them,
         # never from inside it.
         self._inbox: deque[Facts | Apply] = deque()
+
+    # ------------------------------------------------------------------------------------------
+    # Persistence of the protocol state (the ledger state persists through its LedgerState)
+
+    def checkpoint(self, commands_offset: int, events_offset: int) -> Checkpoint:
+        return Checkpoint(
+            self.partition,
+            commands_offset,
+            events_offset,
+            self.last_timestamp,
+            self.now,
+            self.sequence_next,
+            entries=[
+                OpenEntry(offset, e.entry, e.admitted, e.apply)
+                for offset, e in self.entries.items()
+            ],
+            decisions=[
+                PendingDecision(offset, d.entry, list(d.facts.values()))
+                for offset, d in self.decisions.items()
+            ],
+            deferred=list(self.deferred),
+            expiring=sorted(self.expiring),
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Take up the protocol state a checkpoint recorded (over the matching ledger state)."""
+        assert checkpoint.partition == self.partition
+        self.last_timestamp = checkpoint.last_timestamp
+        self.now = checkpoint.now
+        self.sequence_next = checkpoint.sequence_next
+        self.entries = {}
+        self.locks = {}
+        for open_entry in checkpoint.entries:
+            entry = _Entry(open_entry.entry, self._owned_keys(open_entry.entry))
+            entry.admitted = open_entry.admitted
+            entry.apply = open_entry.apply
+            self.entries[open_entry.offset] = entry
+            if entry.admitted:
+                for key in entry.keys:
+                    self.locks[key] = open_entry.offset
+        self.decisions = {}
+        for pending in checkpoint.decisions:
+            decision = _Decision(pending.entry, facts={f.sender: f for f in pending.facts})
+            if pending.entry is not None:
+                decision.participants = self._participants(pending.entry)
+            self.decisions[pending.offset] = decision
+        self.deferred = deque(checkpoint.deferred)
+        self.expiring = set(checkpoint.expiring)
 
     # ------------------------------------------------------------------------------------------
     # Inputs

@@ -16,11 +16,14 @@ __all__ = [
     "AccountCommand",
     "AccountCommandKind",
     "Apply",
+    "Checkpoint",
     "CommandBatch",
     "EventBatch",
     "ExpireRequest",
     "Facts",
+    "OpenEntry",
     "Operation",
+    "PendingDecision",
     "ResultBatch",
     "ResultEntry",
     "SequencedEntry",
@@ -139,3 +142,39 @@ class Apply:
 
     sequence: int
     events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OpenEntry:
+    """A sequenced entry a partition takes part in and has not folded yet."""
+
+    offset: int
+    entry: SequencedEntry
+    admitted: bool
+    apply: Apply | None = None
+
+
+@dataclass(slots=True)
+class PendingDecision:
+    """At the home: an entry whose participants' facts are still arriving."""
+
+    offset: int
+    entry: SequencedEntry | None
+    facts: list[Facts] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Written to processor-log[p] in every transaction of partition p: with events[p], the
+    complete changelog of the partition's processor state."""
+
+    partition: int
+    commands_offset: int  # the next commands[p] offset to consume
+    events_offset: int  # the last events[p] offset this state reflects (-1: none)
+    last_timestamp: int
+    now: int
+    sequence_next: int
+    entries: list[OpenEntry] = field(default_factory=list)
+    decisions: list[PendingDecision] = field(default_factory=list)
+    deferred: list[CommandBatch] = field(default_factory=list)
+    expiring: list[int] = field(default_factory=list)

@@ -41,6 +41,10 @@ class SimNetwork:
     results: dict[int, ResultBatch] = field(default_factory=dict)
     answered: list[int] = field(default_factory=list)
     steps: int = 0
+    # After each step, a machine restarts from its checkpoint with this probability (its ledger
+    # state survives, as RocksDB does; only the in-memory protocol state is rebuilt).
+    restart_probability: float = 0.0
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -125,6 +129,8 @@ class SimNetwork:
                 out = Outbox()
                 self._deliver(partition, out)
                 self._collect(partition, out)
+                if self.restart_probability and self.rng.random() < self.restart_probability:
+                    self.restart(partition)
                 self.now += self.rng.randrange(100, 5_000)
                 self.steps += 1
                 progressed = True
@@ -137,6 +143,13 @@ class SimNetwork:
                 self._collect(partition, out)
             if not progressed:
                 return
+
+    def restart(self, partition: int) -> None:
+        checkpoint = self.machines[partition].checkpoint(0, -1)
+        machine = PartitionMachine(partition, self.partitions, self.states[partition])
+        machine.restore(checkpoint)
+        self.machines[partition] = machine
+        self.restarts += 1
 
     def advance(self, nanoseconds: int) -> None:
         self.now += nanoseconds

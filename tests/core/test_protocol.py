@@ -136,7 +136,7 @@ def test_protocol_equals_sequential(program: list[Op], partitions: int, seed: in
     """Requests one after another through the protocol give the reference ledger's results and
     state, whatever order the network delivers messages in."""
     reference = ReferenceLedger()
-    sim = SimNetwork(partitions, seed)
+    sim = SimNetwork(partitions, seed, restart_probability=0.05)
     user_transfer_ids: set[int] = set()
     for op in [*SEED, *program]:
         expected = _reference(reference, op)
@@ -183,7 +183,7 @@ def test_concurrent_requests_settle_consistently(partitions: int, seed: int, req
     import random
 
     rng = random.Random(seed)
-    sim = SimNetwork(partitions, seed)
+    sim = SimNetwork(partitions, seed, restart_probability=0.05)
     for op in SEED:
         batch = _submit(sim, op)
         assert batch is not None
