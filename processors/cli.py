@@ -194,6 +194,65 @@ def register_up(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 # --------------------------------------------------------------------------------------------
+# ledger processor
+
+
+def _processor(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from processors.kafka_broker import ensure_broker
+    from processors.service import ProcessorService, ServiceConfig
+    from processors.settings import LedgerEnvironment
+    from processors.setup import ensure_topics
+
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    bootstrap = ensure_broker()
+    ensure_topics(bootstrap, environment.topics, environment.partitions)
+    data_dir = (args.data_dir or environment.data_dir) / "processors" / f"instance-{args.instance}"
+    service = ProcessorService(
+        ServiceConfig(
+            bootstrap=bootstrap,
+            data_dir=data_dir,
+            partitions=environment.partitions,
+            topics=environment.topics,
+            instance=args.instance,
+        )
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(
+        f"processor {args.instance} running: {bootstrap}, topics {environment.topics.prefix}*, "
+        f"{environment.partitions} partitions, state in {data_dir}",
+        flush=True,
+    )
+    service.run(stop)
+    return 0
+
+
+def register_processor(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    processor = subparsers.add_parser(
+        "processor",
+        help="run one processor instance (owns the commands partitions its group assigns it)",
+        description=(
+            "Run one single-writer processor instance until SIGINT/SIGTERM. Instances with "
+            "different --instance names share the partitions through the consumer group."
+        ),
+    )
+    processor.add_argument(
+        "--instance", default="0", help="stable instance name (names its transactional id)"
+    )
+    processor.add_argument(
+        "--data-dir", type=Path, default=None, help="data directory (default: $LEDGER_DATA_DIR)"
+    )
+    processor.set_defaults(handler=_processor)
+
+
+# --------------------------------------------------------------------------------------------
 # ledger bench core
 
 
@@ -227,7 +286,7 @@ def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 # --------------------------------------------------------------------------------------------
 # Entry point
 
-REGISTRARS: list[Registrar] = [register_up, register_kafka, register_bench]
+REGISTRARS: list[Registrar] = [register_up, register_kafka, register_processor, register_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -533,6 +533,7 @@ class PartitionMachine:
             applied = True
         if applied:
             self._admit(out)
+            self._retry_deferred(self.now, out)  # keys were unlocked
 
     # ------------------------------------------------------------------------------------------
     # Expiry

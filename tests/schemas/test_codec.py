@@ -420,15 +420,16 @@ def account_dict(**overrides: Any) -> dict[str, Any]:
 
 
 def expect_decode_error(data: bytes, field: str | None, reason: str, message: str = "") -> None:
-    decoder = {
-        "CommandBatch": decode_command_batch,
-        "EventBatch": decode_event_batch,
-        "ResultBatch": decode_result_batch,
-    }[message or "CommandBatch"]
+    decoder = getattr(codec._CODEC, f"decode_{snake(message or 'CommandBatch')}")
     with pytest.raises(DecodeError) as info:
         decoder(data)
     assert info.value.field == field, str(info.value)
     assert reason in info.value.reason, str(info.value)
+
+
+def snake(message: str) -> str:
+    """CommandBatch -> command_batch (the codec's method names)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in message).lstrip("_")
 
 
 def test_decode_error_is_a_value_error() -> None:
@@ -529,13 +530,26 @@ def test_decode_batches_over_the_limit() -> None:
         "results": [entry] * (BATCH_EVENTS_MAX + 1), "rejection": None,
     })  # fmt: skip
     expect_decode_error(data, "results", "exceed the batch maximum", "ResultBatch")
-    failed = ("ledger.TransferFailed", {"transfer_id": bytes(16), "status": 1, "timestamp": 0})
-    data = raw_encode("EventBatch", {
-        "partition": 0, "source_offset": 0, "events": [failed] * (BATCH_EVENTS_MAX + 1),
-    })  # fmt: skip
-    expect_decode_error(data, "events", "exceed the batch maximum", "EventBatch")
     ok = raw_encode("CommandBatch", command_dict(transfers=[transfer_dict()] * BATCH_EVENTS_MAX))
     assert len(decode_command_batch(ok).transfers) == BATCH_EVENTS_MAX
+
+
+def test_event_batches_carry_more_than_a_request_batch() -> None:
+    # One transaction's events for one partition: a decision over a full request emits more.
+    assert codec.EVENT_BATCH_EVENTS_MAX == 1_000_000 > BATCH_EVENTS_MAX
+    failed = TransferFailed(U128_MAX, 1, U64_MAX)
+    batch = EventBatch(0, [failed] * (2 * BATCH_EVENTS_MAX + 1), 0)
+    assert decode_event_batch(encode_event_batch(batch)) == batch
+    too_many = EventBatch(0, [failed] * (codec.EVENT_BATCH_EVENTS_MAX + 1), 0)
+    with pytest.raises(EncodeError, match=r"^events: 1000001 entries exceed the maximum 1000000"):
+        encode_event_batch(too_many)
+
+
+def test_decode_event_batch_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "EVENT_BATCH_EVENTS_MAX", 3)  # a million events is slow to build
+    failed = ("ledger.TransferFailed", {"transfer_id": bytes(16), "status": 1, "timestamp": 0})
+    data = raw_encode("EventBatch", {"partition": 0, "source_offset": 0, "events": [failed] * 4})
+    expect_decode_error(data, "events", "4 entries exceed the maximum 3", "EventBatch")
 
 
 def test_decode_invalid_utf8_in_link_type_and_metadata() -> None:
@@ -621,8 +635,7 @@ def schema_files() -> list[Path]:
 
 def test_shipped_schema_files() -> None:
     names = {p.name for p in schema_files()}
-    assert {"ledger.CommandBatch.v1.avsc", "ledger.EventBatch.v1.avsc",
-            "ledger.ResultBatch.v1.avsc"} <= names  # fmt: skip
+    assert {f"ledger.{message}.v1.avsc" for message in codec.MESSAGES} <= names
     the_codec = AvroCodec()
     assert len(the_codec.by_fingerprint) == len(names)  # every version distinct
 
@@ -650,9 +663,15 @@ def by_reference(node: Any, top: bool = True) -> Any:
     return node
 
 
+def newest_schema_files(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """The newest version of each message (older versions keep the types they shipped with)."""
+    the_codec = AvroCodec(directory)
+    return [directory / f"ledger.{m}.v{v.version}.avsc" for m, v in the_codec.current.items()]
+
+
 def test_shared_named_types_are_identical_across_files() -> None:
     seen: dict[str, tuple[str, str]] = {}
-    for path in schema_files():
+    for path in newest_schema_files():
         for name, definition in named_types(json.loads(path.read_text()), {}).items():
             text = json.dumps(by_reference(definition), sort_keys=True)
             if name in seen:

@@ -1,0 +1,492 @@
+"""The processor service: PartitionMachines over Kafka, exactly once (docs/PIPELINE.md).
+
+One instance owns the commands partitions the consumer group assigns it. Each loop it reads
+what arrived (commands, facts and applies on its partitions; the sequence topic, which every
+instance reads whole), lets the machines decide, and writes everything that came out (events,
+results, messages to other partitions, sequence entries, one checkpoint per partition) in one
+Kafka transaction with the input offsets. The machines' RocksDB buffers are written after the
+commit; after a crash a partition catches up from its changelog (events + processor-log).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from processors.ledger import LedgerConfig, PartitionOwnership, apply_event
+from processors.partition import Outbox, PartitionMachine
+from processors.setup import MESSAGE_BYTES_MAX
+from processors.store import PartitionStore, RocksLedgerState
+from schemas.codec import (
+    DecodeError,
+    decode_apply,
+    decode_checkpoint,
+    decode_command_batch,
+    decode_event_batch,
+    decode_facts,
+    decode_sequenced_entry,
+    encode_apply,
+    encode_checkpoint,
+    encode_event_batch,
+    encode_facts,
+    encode_result_batch,
+    encode_sequenced_entry,
+)
+from schemas.messages import Apply, EventBatch, Facts, Operation, ResultBatch
+from schemas.topics import Topics, results_partition
+
+__all__ = ["KIND_APPLY", "KIND_FACTS", "KIND_HEADER", "ProcessorService", "ServiceConfig"]
+
+log = logging.getLogger("ledger.processor")
+
+KIND_HEADER = "kind"  # on commands messages: absent or "request" from submitters
+KIND_FACTS = b"facts"
+KIND_APPLY = b"apply"
+EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
+_META_EVENTS_OFFSET = "events_offset"
+_META_CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    bootstrap: str
+    data_dir: Path
+    partitions: int
+    topics: Topics = field(default_factory=Topics)
+    instance: str = "0"  # stable per instance: names its transactional id
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    poll_timeout_s: float = 0.002
+    batch_messages_max: int = 2000
+    tick_interval_s: float = 0.05
+    session_timeout_ms: int = 10_000
+    transaction_timeout_ms: int = 10_000
+    sync_writes: bool = False  # fsync RocksDB's WAL per commit (machine-crash durability)
+
+
+@dataclass
+class _Partition:
+    index: int
+    store: PartitionStore
+    state: RocksLedgerState
+    machine: PartitionMachine
+    commands_next: int  # the next commands offset to consume
+    events_offset: int  # the last events offset the state reflects
+    out: Outbox = field(default_factory=Outbox)
+    touched: bool = False
+    checkpoint: bytes = b""  # the one written in the current transaction
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw  # consumed messages carry a list
+    return {
+        name: value if isinstance(value, bytes) else value.encode()
+        for name, value in pairs
+        if value is not None
+    }
+
+
+def _position(message: Message) -> tuple[int, int]:
+    """(partition, offset) of a consumed message (both set on every delivered message)."""
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None
+    return partition, offset
+
+
+class ProcessorService:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.topics = config.topics
+        self.partitions: dict[int, _Partition] = {}
+        self._events_delivered: dict[int, int] = {}
+        self._last_tick = 0.0
+        common = {"bootstrap.servers": config.bootstrap}
+        self.consumer = Consumer(
+            {
+                **common,
+                "group.id": self.topics.processor_group,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": config.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, config.session_timeout_ms // 5),
+                "max.poll.interval.ms": 300_000,
+                "fetch.wait.max.ms": 5,
+                "partition.assignment.strategy": "range",
+                "client.id": f"ledger-processor-{config.instance}",
+            }
+        )
+        self.sequence_consumer = Consumer(
+            {
+                **common,
+                # Never commits: each partition keeps its own sequence cursor in its checkpoint.
+                "group.id": f"{self.topics.prefix}sequence-reader-{config.instance}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        self._sequence_position: int | None = None
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(
+            {
+                "bootstrap.servers": self.config.bootstrap,
+                "transactional.id": f"{self.topics.prefix}processor-{self.config.instance}",
+                "transaction.timeout.ms": self.config.transaction_timeout_ms,
+                "enable.idempotence": True,
+                "linger.ms": 1,
+                "message.max.bytes": MESSAGE_BYTES_MAX,
+                "queue.buffering.max.messages": 1_000_000,
+                "client.id": f"ledger-processor-{self.config.instance}",
+            }
+        )
+        producer.init_transactions(30)
+        return producer
+
+    # ------------------------------------------------------------------------------------------
+    # Running
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe(
+            [self.topics.commands],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        # The ledger's objects form no cycles; the collector would only walk caches.
+        gc.freeze()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for partition in list(self.partitions.values()):
+            partition.store.close()
+        self.partitions.clear()
+        self.consumer.close()
+        self.sequence_consumer.close()
+        self.producer.flush(10)
+
+    def step(self) -> None:
+        """One loop: read, decide, commit."""
+        messages = self.consumer.consume(self.config.batch_messages_max, self.config.poll_timeout_s)
+        sequenced = self._read_sequence()
+        now = time.time_ns()
+        tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
+        if not messages and not sequenced and not tick:
+            return
+        for message in messages:
+            self._on_command(message, now)
+        for offset, entry in sequenced:
+            for partition in self.partitions.values():
+                partition.machine.on_sequenced(offset, entry, partition.out)
+                partition.touched = True
+        if tick:
+            self._last_tick = time.monotonic()
+            for partition in self.partitions.values():
+                partition.machine.on_tick(now, partition.out)
+                partition.touched |= bool(partition.out)
+        self._commit()
+
+    def _on_command(self, message: Message, now: int) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("commands consumer: %s", error)
+            return
+        index, offset = _position(message)
+        partition = self.partitions.get(index)
+        if partition is None or offset < partition.commands_next:
+            return  # not ours (any more), or already reflected by the state
+        partition.commands_next = offset + 1
+        partition.touched = True
+        machine, out = partition.machine, partition.out
+        value = message.value() or b""
+        kind = _headers(message).get(KIND_HEADER, b"request")
+        try:
+            if kind == KIND_FACTS:
+                machine.on_facts(decode_facts(value), out)
+            elif kind == KIND_APPLY:
+                machine.on_apply(decode_apply(value), out)
+            else:
+                machine.on_request(decode_command_batch(value), now, out)
+        except DecodeError as problem:
+            self._dead_letter(message, str(problem))
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        """A malformed message is kept with its reason; the submitter hears of it when its
+        headers name it."""
+        log.warning(
+            "dead letter %s[%d]@%d: %s",
+            message.topic(), message.partition(), message.offset(), reason,
+        )  # fmt: skip
+        headers = _headers(message)
+        self.producer.produce(
+            self.topics.dead_letters,
+            value=message.value(),
+            key=message.key(),
+            headers=[
+                ("reason", reason.encode()),
+                ("source", f"{message.topic()}[{message.partition()}]@{message.offset()}".encode()),
+                *[(name, value) for name, value in headers.items()],
+            ],
+        )
+        submitter = headers.get("submitter")
+        request_id = headers.get("request-id")
+        if submitter and request_id:
+            try:
+                rejection = ResultBatch(
+                    int(request_id.decode()),
+                    submitter.decode(),
+                    Operation.CREATE_TRANSFERS,
+                    [],
+                    rejection=f"malformed request: {reason}",
+                )
+                self._produce_result(rejection)
+            except (ValueError, UnicodeDecodeError):
+                pass  # headers as garbled as the body: the dead letter is all we can keep
+
+    def _read_sequence(self) -> list[tuple[int, Any]]:
+        if not self.partitions:
+            return []
+        wanted = min(p.machine.sequence_next for p in self.partitions.values())
+        if self._sequence_position is None or wanted < self._sequence_position:
+            self.sequence_consumer.assign([TopicPartition(self.topics.sequence, 0, wanted)])
+            self._sequence_position = wanted
+        entries = []
+        for message in self.sequence_consumer.consume(self.config.batch_messages_max, 0):
+            if message.error() is not None:
+                continue
+            _, offset = _position(message)
+            self._sequence_position = offset + 1
+            try:
+                entries.append((offset, decode_sequenced_entry(message.value() or b"")))
+            except DecodeError as problem:
+                # Written by processors only: a bad one is a bug; keep it, skip it, say so.
+                log.error("undecodable sequence entry at %d: %s", offset, problem)
+        return entries
+
+    # ------------------------------------------------------------------------------------------
+    # The transaction
+
+    def _commit(self) -> None:
+        touched = [p for p in self.partitions.values() if p.touched]
+        if not touched:
+            return
+        producer = self.producer
+        self._events_delivered = {}
+        try:
+            producer.begin_transaction()
+            for partition in touched:
+                self._produce_outbox(partition)
+            offsets = [
+                TopicPartition(self.topics.commands, p.index, p.commands_next)
+                for p in self.partitions.values()
+            ]
+            producer.send_offsets_to_transaction(
+                offsets, self.consumer.consumer_group_metadata(), 30
+            )
+            producer.commit_transaction(30)
+        except KafkaException as exc:
+            self._transaction_failed(exc)
+            return
+        for partition in touched:
+            partition.events_offset = self._events_delivered.get(
+                partition.index, partition.events_offset
+            )
+            partition.state.commit(
+                {
+                    _META_EVENTS_OFFSET: str(partition.events_offset).encode(),
+                    _META_CHECKPOINT: partition.checkpoint,
+                }
+            )
+            partition.out = Outbox()
+            partition.touched = False
+
+    def _produce_outbox(self, partition: _Partition) -> None:
+        out = partition.out
+        topics = self.topics
+        produce = self.producer.produce
+        events = out.events
+        for start in range(0, len(events), EVENTS_PER_MESSAGE):
+            chunk = events[start : start + EVENTS_PER_MESSAGE]
+            produce(
+                topics.events,
+                value=encode_event_batch(EventBatch(partition.index, chunk)),
+                partition=partition.index,
+                on_delivery=self._on_events_delivered,
+            )
+        for result in out.results:
+            self._produce_result(result)
+        for target, message in out.messages:
+            if isinstance(message, Facts):
+                value, kind = encode_facts(message), KIND_FACTS
+            else:
+                assert isinstance(message, Apply)
+                value, kind = encode_apply(message), KIND_APPLY
+            produce(topics.commands, value=value, partition=target, headers=[(KIND_HEADER, kind)])
+        for entry in out.sequence:
+            produce(topics.sequence, value=encode_sequenced_entry(entry), partition=0)
+        # The events offset is known only after delivery; recovery reads it from RocksDB's meta
+        # and folds whatever events follow it.
+        checkpoint = partition.machine.checkpoint(partition.commands_next, -1)
+        partition.checkpoint = encode_checkpoint(checkpoint)
+        produce(topics.processor_log, value=partition.checkpoint, partition=partition.index)
+
+    def _produce_result(self, result: ResultBatch) -> None:
+        self.producer.produce(
+            self.topics.results,
+            value=encode_result_batch(result),
+            key=result.submitter.encode(),
+            partition=results_partition(result.submitter, self.config.partitions),
+        )
+
+    def _on_events_delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            index, offset = _position(message)
+            self._events_delivered[index] = max(self._events_delivered.get(index, -1), offset)
+
+    def _transaction_failed(self, exc: KafkaException) -> None:
+        error = exc.args[0]
+        log.warning("transaction failed (%s); rebuilding partitions from their changelog", error)
+        try:
+            if error.txn_requires_abort():
+                self.producer.abort_transaction(30)
+            elif error.fatal():
+                self.producer = self._new_producer()
+            else:
+                self.producer.abort_transaction(30)
+        except KafkaException as abort_failure:
+            log.warning("abort failed (%s); new producer", abort_failure)
+            self.producer = self._new_producer()
+        # Nothing of this transaction happened: drop the buffers, recover from Kafka, and read
+        # the commands again from where the states stand.
+        indexes = list(self.partitions)
+        self._close_partitions(indexes)
+        self._recover(indexes)
+        for partition in self.partitions.values():
+            self.consumer.seek(
+                TopicPartition(self.topics.commands, partition.index, partition.commands_next)
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # Ownership changes and recovery
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        # No transaction is open here: callbacks run inside consume(), between loops.
+        indexes = [tp.partition for tp in assigned]
+        self._recover(indexes)
+        # Resume each partition's commands where its state stands.
+        consumer.assign(
+            [
+                TopicPartition(self.topics.commands, index, self.partitions[index].commands_next)
+                for index in indexes
+            ]
+        )
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self._close_partitions([tp.partition for tp in revoked])
+
+    def _close_partitions(self, indexes: list[int]) -> None:
+        for index in indexes:
+            partition = self.partitions.pop(index, None)
+            if partition is not None:
+                partition.state.discard()
+                partition.store.close()
+        self._sequence_position = None
+
+    def _recover(self, indexes: list[int]) -> None:
+        for index in indexes:
+            if index not in self.partitions:
+                self.partitions[index] = self._recover_partition(index)
+
+    def _recover_partition(self, index: int) -> _Partition:
+        started = time.monotonic()
+        store = PartitionStore(
+            self.config.data_dir / f"partition-{index}", sync=self.config.sync_writes
+        )
+        state = RocksLedgerState(store)
+        ownership = PartitionOwnership(index, self.config.partitions)
+        raw_offset = state.get_meta(_META_EVENTS_OFFSET)
+        events_offset = int(raw_offset.decode()) if raw_offset else -1
+        folded = 0
+        for message in self._read_partition(self.topics.events, index, events_offset + 1):
+            for event in decode_event_batch(message.value() or b"").events:
+                apply_event(state, event, ownership)
+                folded += 1
+            _, events_offset = _position(message)
+        latest = None
+        for message in self._read_partition(self.topics.processor_log, index, None):
+            latest = message
+        machine = PartitionMachine(index, self.config.partitions, state, self.config.ledger)
+        commands_next = 0
+        if latest is not None:
+            checkpoint = decode_checkpoint(latest.value() or b"")
+            machine.restore(checkpoint)
+            commands_next = checkpoint.commands_offset
+        state.commit(
+            {
+                _META_EVENTS_OFFSET: str(events_offset).encode(),
+                _META_CHECKPOINT: encode_checkpoint(
+                    machine.checkpoint(commands_next, events_offset)
+                ),
+            }
+        )
+        log.info(
+            "partition %d ready in %.2f s (folded %d events, commands at %d)",
+            index, time.monotonic() - started, folded, commands_next,
+        )  # fmt: skip
+        return _Partition(index, store, state, machine, commands_next, events_offset)
+
+    def _read_partition(self, topic: str, index: int, start: int | None) -> Iterator[Message]:
+        """Committed messages of one partition from `start` (None: the last few) to its end."""
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.config.bootstrap,
+                "group.id": f"{self.topics.prefix}recovery-{self.config.instance}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, index), timeout=30)
+            if start is None:
+                start = max(low, high - 64)  # the last checkpoint is among the last offsets
+            if start >= high:
+                return
+            reader.assign([TopicPartition(topic, index, max(start, low) or OFFSET_BEGINNING)])
+            while True:
+                done = False
+                for message in reader.consume(10_000, 1.0):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            continue
+                        raise KafkaException(error)
+                    yield message
+                if done:
+                    return
+        finally:
+            reader.close()

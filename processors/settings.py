@@ -1,0 +1,46 @@
+"""The environment the ledger's processes read (SPEC §5's CLI variables), in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.topics import DEFAULT_PARTITIONS, ENV_PARTITIONS, Topics
+
+__all__ = ["ENV_DATA_DIR", "ENV_HTTP_PORT", "LedgerEnvironment", "default_data_dir"]
+
+ENV_DATA_DIR = "LEDGER_DATA_DIR"
+ENV_HTTP_PORT = "LEDGER_HTTP_PORT"
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get(ENV_DATA_DIR)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(base) / "ledger"
+
+
+@dataclass(frozen=True)
+class LedgerEnvironment:
+    topics: Topics
+    partitions: int
+    data_dir: Path
+    http_port: int
+
+    @classmethod
+    def from_env(cls) -> LedgerEnvironment:
+        raw_partitions = os.environ.get(ENV_PARTITIONS, str(DEFAULT_PARTITIONS))
+        raw_port = os.environ.get(ENV_HTTP_PORT, "8080")
+        try:
+            partitions = int(raw_partitions)
+        except ValueError:
+            raise ValueError(f"{ENV_PARTITIONS}: not an integer: {raw_partitions!r}") from None
+        try:
+            http_port = int(raw_port)
+        except ValueError:
+            raise ValueError(f"{ENV_HTTP_PORT}: not an integer: {raw_port!r}") from None
+        if not 1 <= partitions <= 64:
+            raise ValueError(f"{ENV_PARTITIONS}: must be within 1..64, got {partitions}")
+        return cls(Topics.from_env(), partitions, default_data_dir(), http_port)

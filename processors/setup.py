@@ -1,0 +1,82 @@
+"""Creating the ledger's topics (docs/PIPELINE.md, "Topics")."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
+
+from schemas.topics import Topics
+
+__all__ = ["MESSAGE_BYTES_MAX", "TopicsError", "ensure_topics", "partition_count"]
+
+# A full batch (8,189 events) is about 1 MiB of Avro, and an events batch of it 2.5 MiB.
+MESSAGE_BYTES_MAX = 16 * 1024 * 1024
+_KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+
+
+class TopicsError(RuntimeError):
+    pass
+
+
+def _specs(topics: Topics, partitions: int) -> dict[str, tuple[int, dict[str, str]]]:
+    big = {"max.message.bytes": str(MESSAGE_BYTES_MAX)}
+    return {
+        # The log is the source of truth: commands (one result each, for the audit), events
+        # and the processors' changelog are kept forever.
+        topics.commands: (partitions, {**big, **_KEEP_FOREVER}),
+        topics.events: (partitions, {**big, **_KEEP_FOREVER}),
+        topics.processor_log: (partitions, {**big, **_KEEP_FOREVER}),
+        topics.sequence: (1, {**big, "retention.ms": _WEEK_MS}),
+        topics.results: (partitions, {**big, "retention.ms": _WEEK_MS}),
+        topics.dead_letters: (1, {**big, **_KEEP_FOREVER}),
+    }
+
+
+def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int | None:
+    metadata: Any = admin.list_topics(topic=topic, timeout=timeout_s)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return len(found.partitions)
+
+
+def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Create the ledger's topics that do not exist; refuse existing ones of another shape.
+    Returns each topic's partition count."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    specs = _specs(topics, partitions)
+    existing = {name: partition_count(admin, name) for name in specs}
+    missing = [
+        NewTopic(name, num_partitions=count, replication_factor=1, config=config)
+        for name, (count, config) in specs.items()
+        if existing[name] is None
+    ]
+    if missing:
+        futures = admin.create_topics(missing, operation_timeout=timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+            except Exception as exc:
+                # Another process may have created it between our look and our request.
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise TopicsError(f"cannot create topic {name}: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    counts: dict[str, int] = {}
+    for name, (count, _config) in specs.items():
+        while (found := partition_count(admin, name)) is None:
+            if time.monotonic() > deadline:
+                raise TopicsError(f"topic {name} did not appear within {timeout_s:.0f} s")
+            time.sleep(0.1)
+        if name in (topics.commands, topics.events, topics.processor_log) and found != count:
+            raise TopicsError(
+                f"topic {name} has {found} partitions but the ledger runs with {count}: "
+                "use the same partition count (LEDGER_PARTITIONS) or another topic prefix"
+            )
+        counts[name] = found
+    return counts

@@ -1,0 +1,576 @@
+"""The Avro codec of the cross-partition protocol (SequencedEntry, Facts, Apply) and the
+processor Checkpoint, and the hand-written fast path of TransferApplied event lists."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import codec
+from schemas.codec import (
+    AvroCodec,
+    DecodeError,
+    EncodeError,
+    decode_apply,
+    decode_checkpoint,
+    decode_facts,
+    decode_sequenced_entry,
+    encode_apply,
+    encode_checkpoint,
+    encode_command_batch,
+    encode_event_batch,
+    encode_facts,
+    encode_result_batch,
+    encode_sequenced_entry,
+)
+from schemas.codes import BATCH_EVENTS_MAX, U32_MAX, U64_MAX, U128_MAX, Policy
+from schemas.events import Event, SettlementRequested, TransferApplied, TransferFailed, TransferKind
+from schemas.messages import (
+    AccountCommand,
+    AccountCommandKind,
+    Apply,
+    Checkpoint,
+    CommandBatch,
+    EventBatch,
+    ExpireRequest,
+    Facts,
+    OpenEntry,
+    Operation,
+    PendingDecision,
+    SequencedEntry,
+)
+from schemas.records import Account, Balances, Transfer, UpdateSettings
+from tests.schemas.test_codec import (
+    accounts,
+    all_events,
+    balances,
+    command_batch,
+    command_batches,
+    events,
+    expect_decode_error,
+    full_account,
+    full_transfer,
+    make_v2_dir,
+    raw_decode,
+    raw_encode,
+    transfers,
+    u32,
+    u64,
+    u128,
+)
+
+I32_MAX = (1 << 31) - 1
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def requests() -> list[CommandBatch]:
+    """A CommandBatch of each operation (and each account command), with edge values."""
+    settings_all = UpdateSettings(Policy.SYSTEM, -U128_MAX, None, 0, 5, "http", {"é": "✓"})
+    return [
+        command_batch(operation=Operation.CREATE_ACCOUNTS, transfers=[]),
+        command_batch(operation=Operation.CREATE_TRANSFERS, accounts=[]),
+        *(
+            command_batch(
+                operation=Operation.ACCOUNT_COMMAND,
+                accounts=[],
+                transfers=[],
+                account_command=AccountCommand(
+                    kind,
+                    U128_MAX,
+                    U64_MAX,
+                    settings_all if kind is AccountCommandKind.UPDATE_SETTINGS else None,
+                ),
+            )
+            for kind in AccountCommandKind
+        ),
+    ]
+
+
+def sequenced(**overrides: Any) -> SequencedEntry:
+    entry = SequencedEntry(
+        home=I32_MAX, attempt=U32_MAX, account_ids=[0, 1, U128_MAX],
+        transfer_ids=[U128_MAX, 7], all_partitions=True, request=command_batch(),
+    )  # fmt: skip
+    for name, value in overrides.items():
+        setattr(entry, name, value)
+    return entry
+
+
+def full_facts(**overrides: Any) -> Facts:
+    facts = Facts(
+        sequence=I64_MAX, sender=I32_MAX,
+        accounts={U128_MAX: full_account(), 0: None, 5: Account(id=5)},
+        settlements={U128_MAX: U128_MAX, 1: 0},
+        transfers={3: None, U128_MAX: full_transfer(), 4: Transfer(id=4)},
+        pending={U128_MAX: 1, 0: 4}, failed={9: U32_MAX, 10: 0},
+        expiries={U128_MAX: (U64_MAX, U64_MAX), 1: (0, 0), 2: (1 << 63, 1)},
+        max_account_timestamp=U64_MAX, max_transfer_timestamp=1 << 63,
+        timestamp_kinds={U64_MAX: U32_MAX, 0: 1, 1 << 63: 2}, last_timestamp=U64_MAX,
+    )  # fmt: skip
+    for name, value in overrides.items():
+        setattr(facts, name, value)
+    return facts
+
+
+def full_checkpoint() -> Checkpoint:
+    return Checkpoint(
+        partition=I32_MAX, commands_offset=I64_MAX, events_offset=-1, last_timestamp=U64_MAX,
+        now=U64_MAX, sequence_next=0,
+        entries=[
+            OpenEntry(0, sequenced(), False),
+            OpenEntry(I64_MAX, sequenced(request=None, expire=ExpireRequest([1], 2)), True,
+                      Apply(I64_MAX, all_events())),
+            OpenEntry(3, sequenced(request=requests()[2]), True, Apply(3)),
+        ],
+        decisions=[
+            PendingDecision(5, None),
+            PendingDecision(6, sequenced(), [full_facts(), Facts(6, 0)]),
+        ],
+        deferred=requests(),
+        expiring=[U128_MAX, 0, 1],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+
+
+@pytest.mark.parametrize("request_", [None, *requests()])
+def test_sequenced_entry_round_trip_with_each_request(request_: CommandBatch | None) -> None:
+    entry = sequenced(request=request_)
+    assert decode_sequenced_entry(encode_sequenced_entry(entry)) == entry
+
+
+@pytest.mark.parametrize("expire", [ExpireRequest([U128_MAX, 0, 1], U64_MAX), ExpireRequest([], 0)])
+def test_sequenced_entry_round_trip_with_an_expire_request(expire: ExpireRequest) -> None:
+    entry = SequencedEntry(-1, 0, [], [], False, expire=expire)
+    decoded = decode_sequenced_entry(encode_sequenced_entry(entry))
+    assert decoded == entry and decoded.request is None
+
+
+def test_facts_round_trip_with_edge_values() -> None:
+    facts = full_facts()
+    decoded = decode_facts(encode_facts(facts))
+    assert decoded == facts
+    assert decoded.accounts[0] is None and decoded.transfers[3] is None  # "does not exist"
+    assert list(decoded.accounts) == list(facts.accounts)  # the dict's order survives
+    assert isinstance(decoded.expiries[1], tuple)
+
+
+def test_facts_empty_dicts_round_trip() -> None:
+    facts = Facts(-1, 0)
+    assert decode_facts(encode_facts(facts)) == facts
+
+
+def test_facts_travel_as_arrays_of_id_value_records() -> None:
+    data = encode_facts(full_facts(pending={U128_MAX: 1}, timestamp_kinds={U64_MAX: 2}))
+    raw = raw_decode("Facts", data)
+    assert raw["pending"] == [{"id": b"\xff" * 16, "value": 1}]
+    assert raw["timestamp_kinds"] == [{"id": -1, "value": 2}]  # u64 keys as two's complement
+    assert raw["expiries"][0] == {"id": b"\xff" * 16, "value": {"expires_at": -1, "timestamp": -1}}
+    assert raw["accounts"][1] == {"id": bytes(16), "value": None}
+
+
+@pytest.mark.parametrize("sequence", [0, -1, I64_MAX, I64_MIN])
+def test_apply_round_trip(sequence: int) -> None:
+    for apply in (Apply(sequence), Apply(sequence, all_events())):
+        assert decode_apply(encode_apply(apply)) == apply
+
+
+def test_apply_carries_more_events_than_a_request_batch() -> None:
+    # A decision over a full batch emits an event per transfer plus settlements.
+    applied = TransferApplied(TransferKind.POST, full_transfer(), 1, None, None, 2)
+    settlement = SettlementRequested(1, 2, 3, -4, 5)
+    many: list[Event] = [applied] * BATCH_EVENTS_MAX
+    many += [settlement] * 10
+    apply = Apply(1, many)
+    assert decode_apply(encode_apply(apply)) == apply
+    with pytest.raises(EncodeError, match=r"^events: 1000001 entries exceed the maximum"):
+        encode_apply(Apply(1, [settlement] * (codec.EVENT_BATCH_EVENTS_MAX + 1)))
+
+
+def test_checkpoint_round_trip_with_nested_everything() -> None:
+    checkpoint = full_checkpoint()
+    decoded = decode_checkpoint(encode_checkpoint(checkpoint))
+    assert decoded == checkpoint
+    assert decoded.decisions[0].entry is None and decoded.entries[0].apply is None
+
+
+def test_empty_checkpoint_round_trip() -> None:
+    checkpoint = Checkpoint(0, 0, -1, 0, 0, 0)
+    assert decode_checkpoint(encode_checkpoint(checkpoint)) == checkpoint
+
+
+# Hypothesis
+
+i32 = st.integers(-(1 << 31), I32_MAX)
+i64 = st.integers(I64_MIN, I64_MAX)
+ids = st.lists(u128, max_size=4)
+expire_requests = st.builds(ExpireRequest, ids, u64)
+sequenced_entries = st.builds(
+    SequencedEntry, i32, u32, ids, ids, st.booleans(),
+    st.none() | command_batches, st.none() | expire_requests,
+)  # fmt: skip
+facts_st = st.builds(
+    Facts, i64, i32,
+    st.dictionaries(u128, st.none() | accounts, max_size=3),
+    st.dictionaries(u128, u128, max_size=3),
+    st.dictionaries(u128, st.none() | transfers, max_size=3),
+    st.dictionaries(u128, u32, max_size=3),
+    st.dictionaries(u128, u32, max_size=3),
+    st.dictionaries(u128, st.tuples(u64, u64), max_size=3),
+    u64, u64,
+    st.dictionaries(u64, u32, max_size=3),
+    u64,
+)  # fmt: skip
+applies = st.builds(Apply, i64, st.lists(events, max_size=5))
+checkpoints = st.builds(
+    Checkpoint, i32, i64, i64, u64, u64, i64,
+    st.lists(st.builds(OpenEntry, i64, sequenced_entries, st.booleans(), st.none() | applies),
+             max_size=2),
+    st.lists(st.builds(PendingDecision, i64, st.none() | sequenced_entries,
+                       st.lists(facts_st, max_size=2)), max_size=2),
+    st.lists(command_batches, max_size=2),
+    ids,
+)  # fmt: skip
+
+
+@given(sequenced_entries)
+def test_property_sequenced_entry_round_trip(entry: SequencedEntry) -> None:
+    assert decode_sequenced_entry(encode_sequenced_entry(entry)) == entry
+
+
+@given(facts_st)
+def test_property_facts_round_trip(facts: Facts) -> None:
+    assert decode_facts(encode_facts(facts)) == facts
+
+
+@given(applies)
+def test_property_apply_round_trip(apply: Apply) -> None:
+    assert decode_apply(encode_apply(apply)) == apply
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@given(checkpoints)
+def test_property_checkpoint_round_trip(checkpoint: Checkpoint) -> None:
+    assert decode_checkpoint(encode_checkpoint(checkpoint)) == checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding refuses what the wire cannot carry, naming the field
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "reason"),
+    [
+        (sequenced(home=1 << 31), "home", "not a signed 32-bit integer"),
+        (sequenced(attempt=-1), "attempt", "negative"),
+        (sequenced(all_partitions=1), "all_partitions", "not a bool"),
+        (sequenced(account_ids=[1, -2]), "account_ids[1]", "negative"),
+        (sequenced(transfer_ids=(1,)), "transfer_ids", "not a list"),
+        (sequenced(request=command_batch(transfers=[Transfer(id=1, ledger=1 << 32)])),
+         "request.transfers[0].ledger", "exceeds u32"),
+        (sequenced(request="x"), "request", "is not a CommandBatch"),
+        (sequenced(expire=ExpireRequest([1, U128_MAX + 1], 0)), "expire.transfer_ids[1]",
+         "exceeds u128"),
+        (sequenced(expire=ExpireRequest([], 1 << 64)), "expire.now", "exceeds u64"),
+        (full_facts(sender=None), "sender", "not a signed 32-bit"),
+        (full_facts(accounts={1: None, 2: Account(id=2, code=1 << 16)}),
+         "accounts[1].value.code", "exceeds u16"),
+        (full_facts(accounts={-1: None}), "accounts[0].id", "negative"),
+        (full_facts(accounts={1: Transfer(id=1)}), "accounts[0].value", "is not an Account"),
+        (full_facts(transfers={1: full_transfer(timeout=-1)}), "transfers[0].value.timeout",
+         "negative"),
+        (full_facts(settlements={1: U128_MAX + 1}), "settlements[0].value", "exceeds u128"),
+        (full_facts(pending={1: 1 << 32}), "pending[0].value", "exceeds u32"),
+        (full_facts(failed=[]), "failed", "not a dict"),
+        (full_facts(expiries={1: (1, 2, 3)}), "expiries[0].value", "not an (expires_at"),
+        (full_facts(expiries={1: (1, -2)}), "expiries[0].value.timestamp", "negative"),
+        (full_facts(timestamp_kinds={1 << 64: 1}), "timestamp_kinds[0].id", "exceeds u64"),
+        (full_facts(last_timestamp=-1), "last_timestamp", "negative"),
+        (Apply(1 << 63), "sequence", "not a signed 64-bit"),
+        (Apply(0, [TransferFailed(1, 2, 3), TransferFailed(1, 1 << 32, 3)]), "events[1].status",
+         "exceeds u32"),
+        (Apply(0, [TransferApplied(TransferKind.POST, Transfer(id=1), 0, None, None, -1)]),
+         "events[0].timestamp", "negative"),
+        (Apply(0, [TransferApplied(TransferKind.POST, Transfer(id=1), 0,
+                                   Balances(1, 2, 3, 4, 1 << 128), None, 0)]),
+         "events[0].debit.credits_posted", "exceeds u128"),
+        (Apply(0, ["event"]), "events[0]", "not an event"),  # type: ignore[list-item]
+        ("not a message", None, "str is not an Apply"),
+    ],
+)  # fmt: skip
+def test_protocol_encode_errors_name_the_field(value: Any, field: str | None, reason: str) -> None:
+    encode: Any = {
+        SequencedEntry: encode_sequenced_entry, Facts: encode_facts, Apply: encode_apply,
+    }.get(type(value), encode_apply)  # fmt: skip
+    with pytest.raises(EncodeError) as info:
+        encode(value)
+    assert info.value.field == field, str(info.value)
+    assert reason in info.value.reason, str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (lambda c: setattr(c, "events_offset", 1 << 63), "events_offset", "signed 64-bit"),
+        (lambda c: setattr(c.entries[1].entry.expire, "now", -1), "entries[1].entry.expire.now",
+         "negative"),
+        (lambda c: setattr(c.entries[1], "admitted", None), "entries[1].admitted", "not a bool"),
+        (lambda c: c.entries[1].apply.events.append(None), "entries[1].apply.events[20]",
+         "not an event"),
+        (lambda c: setattr(c.entries[0], "entry", None), "entries[0].entry",
+         "not a SequencedEntry"),
+        (lambda c: c.decisions[1].facts[0].accounts.update({7: Account(id=-7)}),
+         "decisions[1].facts[0].accounts[3].value.id", "negative"),
+        (lambda c: c.decisions.append(3), "decisions[2]", "is not a PendingDecision"),
+        (lambda c: setattr(c.deferred[0], "submitter", 1), "deferred[0].submitter", "not a string"),
+        (lambda c: c.deferred.append(Apply(1)), "deferred[6]", "is not a CommandBatch"),
+        (lambda c: c.expiring.append(1.5), "expiring[3]", "not an integer"),
+    ],
+)  # fmt: skip
+def test_checkpoint_encode_errors_name_the_field(mutate: Any, field: str, reason: str) -> None:
+    checkpoint = full_checkpoint()
+    mutate(checkpoint)
+    with pytest.raises(EncodeError) as info:
+        encode_checkpoint(checkpoint)
+    assert info.value.field == field, str(info.value)
+    assert reason in info.value.reason, str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding bad input: DecodeError only, naming the field
+
+VALID: dict[str, bytes] = {
+    "SequencedEntry": encode_sequenced_entry(sequenced(expire=ExpireRequest([1], 2))),
+    "Facts": encode_facts(full_facts()),
+    "Apply": encode_apply(Apply(7, all_events())),
+    "Checkpoint": encode_checkpoint(full_checkpoint()),
+}
+DECODERS = {
+    message: getattr(codec._CODEC, f"decode_{name}")
+    for message, name in [
+        ("CommandBatch", "command_batch"), ("EventBatch", "event_batch"),
+        ("ResultBatch", "result_batch"), ("SequencedEntry", "sequenced_entry"),
+        ("Facts", "facts"), ("Apply", "apply"), ("Checkpoint", "checkpoint"),
+    ]
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("message", list(VALID))
+def test_every_truncation_is_a_decode_error(message: str) -> None:
+    data = VALID[message]
+    step = max(1, len(data) // 400)  # the Checkpoint is ~9 kB: a few hundred cut points
+    for cut in [*range(0, len(data), step), len(data) - 1]:
+        with pytest.raises(DecodeError):
+            DECODERS[message](data[:cut])
+
+
+@pytest.mark.parametrize("message", list(VALID))
+def test_wrong_message_type_is_a_decode_error(message: str) -> None:
+    for other, decode in DECODERS.items():
+        if other != message:
+            with pytest.raises(DecodeError, match=f"a {message} message, not a {other}"):
+                decode(VALID[message])
+
+
+def test_decode_framing_errors_of_protocol_messages() -> None:
+    good = VALID["Facts"]
+    expect_decode_error(good + b"\x00", None, "1 trailing bytes", "Facts")
+    expect_decode_error(b"\x00" + good[1:], None, "wrong magic byte", "Facts")
+    expect_decode_error(good[:5], None, "shorter than the 9-byte header", "Facts")
+    expect_decode_error(b"L" + bytes(8) + good[9:], None, "unknown schema", "Facts")
+
+
+def facts_dict(**overrides: Any) -> dict[str, Any]:
+    d = raw_decode("Facts", encode_facts(Facts(1, 2)))
+    d.update(overrides)
+    return d
+
+
+def test_decode_facts_rejects_duplicate_keys() -> None:
+    entry = {"id": bytes(16), "value": 1}
+    data = raw_encode("Facts", facts_dict(pending=[entry, {**entry, "id": b"\x01" * 16}, entry]))
+    expect_decode_error(data, "pending[2].id", "duplicate key 0", "Facts")
+    data = raw_encode("Facts", facts_dict(timestamp_kinds=[{"id": -1, "value": 0}] * 2))
+    expect_decode_error(data, "timestamp_kinds[1].id", f"duplicate key {U64_MAX}", "Facts")
+
+
+def test_decode_out_of_range_values_in_protocol_messages() -> None:
+    data = raw_encode("Facts", facts_dict(failed=[{"id": bytes(16), "value": 1 << 32}]))
+    expect_decode_error(data, "failed[0].value", "exceeds u32", "Facts")
+    data = raw_encode("Facts", facts_dict(timestamp_kinds=[{"id": 5, "value": -1}]))
+    expect_decode_error(data, "timestamp_kinds[0].value", "negative", "Facts")
+    account = raw_decode("CommandBatch", encode_command_batch(command_batch()))["accounts"][1]
+    data = raw_encode(
+        "Facts", facts_dict(accounts=[{"id": bytes(16), "value": {**account, "code": -1}}])
+    )
+    expect_decode_error(data, "accounts[0].value.code", "negative", "Facts")
+    entry = raw_decode("SequencedEntry", encode_sequenced_entry(sequenced(request=None)))
+    data = raw_encode("SequencedEntry", {**entry, "attempt": 1 << 32})
+    expect_decode_error(data, "attempt", "exceeds u32", "SequencedEntry")
+    raw = raw_decode("Checkpoint", VALID["Checkpoint"])
+    raw["decisions"][1]["facts"][0]["pending"][0]["value"] = -5
+    data = raw_encode("Checkpoint", raw)
+    expect_decode_error(data, "decisions[1].facts[0].pending[0].value", "negative", "Checkpoint")
+    raw = raw_decode("Checkpoint", VALID["Checkpoint"])
+    raw["entries"][0]["entry"]["request"]["transfers"][1]["flags"] = 1 << 16
+    data = raw_encode("Checkpoint", raw)
+    field = "entries[0].entry.request.transfers[1].flags"
+    expect_decode_error(data, field, "exceeds u16", "Checkpoint")
+
+
+def test_decode_lists_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "LIST_MAX", 2)
+    monkeypatch.setattr(codec, "EVENT_BATCH_EVENTS_MAX", 2)
+    data = raw_encode("Facts", facts_dict(settlements=[{"id": bytes(16), "value": bytes(16)}] * 3))
+    expect_decode_error(data, "settlements", "3 entries exceed the maximum 2", "Facts")
+    data = encode_apply(Apply(0, [TransferFailed(1, 2, 3)] * 2))
+    assert len(decode_apply(data).events) == 2
+    raw = raw_decode("Apply", data)
+    data = raw_encode("Apply", {**raw, "events": raw["events"] * 2})
+    expect_decode_error(data, "events", "4 entries exceed the maximum 2", "Apply")
+    data = raw_encode("SequencedEntry", {
+        **raw_decode("SequencedEntry", VALID["SequencedEntry"]), "account_ids": [bytes(16)] * 3,
+    })  # fmt: skip
+    expect_decode_error(data, "account_ids", "exceed the maximum 2", "SequencedEntry")
+
+
+def test_decode_bad_union_index_in_facts() -> None:
+    data = bytearray(encode_facts(Facts(0, 0, accounts={0: None})))
+    # sequence 0, sender 0, accounts block count 1, id (16 bytes), then the value's union index.
+    at = 9 + 1 + 1 + 1 + 16
+    assert data[at] == 0
+    data[at] = 2 * 5
+    expect_decode_error(bytes(data), "accounts[0].value", "union index 5 out of range", "Facts")
+
+
+def decode_all_ways(data: bytes) -> None:
+    for decode in DECODERS.values():
+        with contextlib.suppress(DecodeError):
+            decode(data)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.sampled_from(list(VALID)))
+def test_fuzz_garbage_after_a_protocol_header(payload: bytes, message: str) -> None:
+    decode_all_ways(codec._CODEC.current[message].header + payload)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(list(VALID.values())),
+    st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6),
+    st.integers(0, 3),
+    st.integers(0, 1 << 20),
+)
+def test_fuzz_mutated_protocol_messages_raise_only_decode_error(
+    valid: bytes, flips: list[tuple[int, int]], mode: int, cut: int
+) -> None:
+    data = bytearray(valid)
+    for position, value in flips:
+        data[9 + position % (len(data) - 9)] = value
+    if mode == 1:
+        del data[9 + cut % (len(data) - 9) :]
+    elif mode == 2:
+        data[9 + cut % (len(data) - 9) : 9 + cut % (len(data) - 9)] = bytes([cut & 0xFF])
+    decode_all_ways(bytes(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: hand-written bytes of TransferApplied lists equal fastavro's
+
+FASTAVRO_ONLY = AvroCodec(fast=False)
+
+
+def test_fast_path_is_on_for_the_shipped_schemas() -> None:
+    # If this fails, a new EventBatch/Apply version shipped: update the hand-written encoder and
+    # its pinned fingerprint in schemas/codec.py (until then fastavro writes those messages).
+    assert set(codec._CODEC._fast) == {"EventBatch", "Apply"}
+    assert not FASTAVRO_ONLY._fast
+
+
+applied_events = st.builds(
+    TransferApplied, st.sampled_from(TransferKind), transfers, u128,
+    st.none() | balances, st.none() | balances, u64,
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(i32, st.lists(applied_events, max_size=6), i64)
+def test_property_fast_path_bytes_equal_fastavro(
+    partition: int, applied: list[Event], offset: int
+) -> None:
+    batch = EventBatch(partition, applied, offset)
+    data = encode_event_batch(batch)
+    assert data == FASTAVRO_ONLY.encode_event_batch(batch)
+    assert codec._fast_write(codec._CODEC.current["EventBatch"].header,
+                             codec._FAST_LAYOUTS["EventBatch"], batch) == data  # fmt: skip
+    apply = Apply(offset, applied)
+    assert encode_apply(apply) == FASTAVRO_ONLY.encode_apply(apply)
+    assert decode_apply(encode_apply(apply)) == apply
+
+
+def test_fast_path_edge_values_equal_fastavro() -> None:
+    t = full_transfer()
+    applied: list[Event] = [
+        TransferApplied(kind, t, U128_MAX, Balances(U128_MAX, 0, 1, 1 << 127, U128_MAX), None,
+                        U64_MAX)
+        for kind in TransferKind
+    ]  # fmt: skip
+    applied.append(TransferApplied(TransferKind.SINGLE_PHASE, Transfer(id=0), 0, None, None, 0))
+    for partition, offset in ((I32_MAX, I64_MAX), (-(1 << 31), I64_MIN), (0, -1)):
+        batch = EventBatch(partition, applied, offset)
+        assert encode_event_batch(batch) == FASTAVRO_ONLY.encode_event_batch(batch)
+    many = Apply(1, applied * 2000)  # block counts of several varint bytes
+    assert encode_apply(many) == FASTAVRO_ONLY.encode_apply(many)
+
+
+def test_mixed_or_bad_events_leave_the_fast_path() -> None:
+    applied = TransferApplied(TransferKind.POST, full_transfer(), 1, None, None, 2)
+    mixed = Apply(1, [applied, TransferFailed(1, 2, 3), applied])
+    assert encode_apply(mixed) == FASTAVRO_ONLY.encode_apply(mixed)
+    header = codec._CODEC.current["Apply"].header
+    assert codec._fast_write(header, codec._FAST_LAYOUTS["Apply"], mixed) is None
+    for bad in (
+        Apply(True, [applied]),  # a bool is not taken for an int
+        Apply(1, [TransferApplied(TransferKind.POST, Transfer(id=-1), 0, None, None, 0)]),
+        Apply(1, [TransferApplied(9, Transfer(id=1), 0, None, None, 0)]),  # type: ignore[arg-type]
+        Apply(1, (applied,)),  # type: ignore[arg-type]
+    ):
+        assert codec._fast_write(header, codec._FAST_LAYOUTS["Apply"], bad) is None
+    with pytest.raises(EncodeError) as info:
+        encode_apply(Apply(1, [applied, applied, TransferApplied(
+            TransferKind.POST, full_transfer(code=-1), 0, None, None, 0)]))  # fmt: skip
+    assert info.value.field == "events[2].transfer.code"
+
+
+def test_fast_path_is_off_for_a_schema_it_was_not_written_for(tmp_path: Path) -> None:
+    v2_codec = AvroCodec(make_v2_dir(tmp_path))  # TransferApplied gains a field in EventBatch v2
+    assert set(v2_codec._fast) == {"Apply"}
+    applied = TransferApplied(TransferKind.POST, full_transfer(), 1, None, None, 2)
+    batch = EventBatch(0, [applied], 0)
+    data = v2_codec.encode_event_batch(batch)
+    assert data != encode_event_batch(batch) and v2_codec.decode_event_batch(data) == batch
+
+
+# ---------------------------------------------------------------------------------------------
+# The refactored existing messages still refuse a wrong top-level type
+
+
+@pytest.mark.parametrize(
+    ("encode", "name"),
+    [(encode_command_batch, "a CommandBatch"), (encode_event_batch, "an EventBatch"),
+     (encode_result_batch, "a ResultBatch"), (encode_checkpoint, "a Checkpoint")],
+)  # fmt: skip
+def test_encode_refuses_another_type(encode: Any, name: str) -> None:
+    with pytest.raises(EncodeError, match=f"^Facts is not {name}$"):
+        encode(Facts(0, 0))
