@@ -59,6 +59,7 @@ KIND_HEADER = "kind"  # on commands messages: absent or "request" from submitter
 KIND_FACTS = b"facts"
 KIND_APPLY = b"apply"
 EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
+TRANSACTION_PRODUCERS = 3
 _META_EVENTS_OFFSET = "events_offset"
 _META_CHECKPOINT = "checkpoint"
 
@@ -143,13 +144,21 @@ class ProcessorService:
             }
         )
         self._sequence_position: int | None = None
-        self.producer = self._new_producer()
+        # Transactions rotate over a few producers: right after a commit the coordinator is
+        # still writing its markers, and the same producer's next transaction would be refused
+        # (CONCURRENT_TRANSACTIONS) and retried by librdkafka 20 ms later (KIP-890 cures this
+        # in the protocol, which librdkafka does not speak yet).
+        self.producers = [self._new_producer(k) for k in range(TRANSACTION_PRODUCERS)]
+        self._next_producer = 0
+        self.producer = self.producers[0]
 
-    def _new_producer(self) -> Producer:
+    def _new_producer(self, index: int) -> Producer:
         producer = Producer(
             {
                 "bootstrap.servers": self.config.bootstrap,
-                "transactional.id": f"{self.topics.prefix}processor-{self.config.instance}",
+                "transactional.id": (
+                    f"{self.topics.prefix}processor-{self.config.instance}-{index}"
+                ),
                 "transaction.timeout.ms": self.config.transaction_timeout_ms,
                 "enable.idempotence": True,
                 "linger.ms": 1,
@@ -185,7 +194,8 @@ class ProcessorService:
         self.partitions.clear()
         self.consumer.close()
         self.sequence_consumer.close()
-        self.producer.flush(10)
+        for producer in self.producers:
+            producer.flush(10)
 
     def step(self) -> None:
         """One loop: read, decide, commit."""
@@ -293,7 +303,8 @@ class ProcessorService:
         touched = [p for p in self.partitions.values() if p.touched]
         if not touched:
             return
-        producer = self.producer
+        self.producer = producer = self.producers[self._next_producer]
+        self._next_producer = (self._next_producer + 1) % len(self.producers)
         self._events_delivered = {}
         try:
             producer.begin_transaction()
@@ -369,16 +380,15 @@ class ProcessorService:
     def _transaction_failed(self, exc: KafkaException) -> None:
         error = exc.args[0]
         log.warning("transaction failed (%s); rebuilding partitions from their changelog", error)
+        index = self.producers.index(self.producer)
         try:
-            if error.txn_requires_abort():
-                self.producer.abort_transaction(30)
-            elif error.fatal():
-                self.producer = self._new_producer()
+            if error.fatal():
+                self.producers[index] = self._new_producer(index)
             else:
                 self.producer.abort_transaction(30)
         except KafkaException as abort_failure:
             log.warning("abort failed (%s); new producer", abort_failure)
-            self.producer = self._new_producer()
+            self.producers[index] = self._new_producer(index)
         # Nothing of this transaction happened: drop the buffers, recover from Kafka, and read
         # the commands again from where the states stand.
         indexes = list(self.partitions)
