@@ -497,9 +497,10 @@ class PartitionMachine:
                 out.results.append(_answer(entry.request, results))
         if entry.expire is not None:
             self.expiring.difference_update(entry.expire.transfer_ids)
+        decided_at = self.last_timestamp
         for participant in sorted(decision.participants):
             mine = [e for e in events if participant in event_owners(e, self.partitions)]
-            self._send_apply(participant, Apply(offset, mine), out)
+            self._send_apply(participant, Apply(offset, mine, decided_at), out)
 
     def _release_and_retry(
         self, offset: int, decision: _Decision, retry: SequencedEntry, out: Outbox
@@ -526,7 +527,9 @@ class PartitionMachine:
             for event in entry.apply.events:
                 apply_event(self.state, event, self.ownership)
                 out.events.append(event)
-                self.last_timestamp = max(self.last_timestamp, event.timestamp)
+            # Past the decision's time even when it only read here (Lamport), so whatever
+            # touches these keys next is timed after it.
+            self.last_timestamp = max(self.last_timestamp, entry.apply.timestamp)
             for key in entry.keys:
                 if self.locks.get(key) == offset:
                     del self.locks[key]

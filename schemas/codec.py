@@ -1040,11 +1040,15 @@ def _dec_events(items: list[Any]) -> list[Event]:
 
 
 def _enc_apply(a: Apply) -> dict[str, Any]:
-    return {"sequence": _enc_value(a.sequence, "i64", "sequence"), "events": _enc_events(a.events)}
+    return {
+        "sequence": _enc_value(a.sequence, "i64", "sequence"),
+        "timestamp": _enc_value(a.timestamp, "i64", "timestamp"),
+        "events": _enc_events(a.events),
+    }
 
 
 def _dec_apply(d: dict[str, Any]) -> Apply:
-    return Apply(d["sequence"], _dec_events(d["events"]))
+    return Apply(d["sequence"], _dec_events(d["events"]), d["timestamp"])
 
 
 # Checkpoint.
@@ -1148,7 +1152,7 @@ def _dec_event_batch(d: dict[str, Any]) -> EventBatch:
 # message: (fingerprint of the schema the bytes follow, int fields before the events, after).
 _FAST_LAYOUTS: Final = {
     "EventBatch": ("d03e4462ff2d85bc", (("partition", "i32"),), (("source_offset", "i64"),)),
-    "Apply": ("93c2b30dfed2b5df", (("sequence", "i64"),), ()),
+    "Apply": ("0c4d82901ebe9c02", (("sequence", "i64"), ("timestamp", "i64")), ()),
 }
 _VARINT_1: Final = [bytes((n,)) for n in range(128)]
 _ZIGZAG_U64_FLIP: Final = (1 << 65) - 1

@@ -142,6 +142,9 @@ class Apply:
 
     sequence: int
     events: list[Event] = field(default_factory=list)
+    # The last timestamp the decision assigned: every participant's clock moves past it, so a
+    # key the decision only read is still ordered before whatever touches it next.
+    timestamp: int = 0
 
 
 @dataclass(slots=True)

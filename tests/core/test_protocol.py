@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.ledger import MemoryState, ReferenceLedger, apply_event
-from schemas import Account, AccountCommandStatus, Transfer, TransferFlags
-from schemas.messages import AccountCommandKind, CommandBatch, Operation
+from schemas import Account, AccountCommandStatus, CreateTransferStatus, Transfer, TransferFlags
+from schemas.messages import AccountCommandKind, CommandBatch, Operation, ResultBatch
 from tests.core.invariants import assert_balanced, assert_within_limits
 from tests.core.protocol_sim import SimNetwork
 from tests.core.test_properties import OPS, SEED, Op
@@ -168,6 +168,43 @@ def test_protocol_equals_sequential(program: list[Op], partitions: int, seed: in
             assert mine_t == theirs
 
 
+requests_by_id: dict[int, CommandBatch] = {}
+
+
+def decision_time(result: ResultBatch) -> float:
+    """When a request took effect: its newest timestamp (an `exists` names the original's
+    time, so a request of nothing but retries goes last: it reads only immutable facts)."""
+    fresh = [r.timestamp for r in result.results if r.status != CreateTransferStatus.EXISTS]
+    return max(fresh) if fresh else float("inf")
+
+
+def assert_serializable_in_timestamp_order(sim: SimNetwork, submitted: list[int]) -> None:
+    """Replaying the requests one by one in the order of their timestamps gives the same
+    results and balances: the pipeline's order is a serial order."""
+    reference = ReferenceLedger()
+    for op in SEED:
+        _reference(reference, op)
+    order = sorted(submitted, key=lambda rid: decision_time(sim.results[rid]))
+    for request_id in order:
+        batch = requests_by_id[request_id]
+        if batch.operation is Operation.CREATE_TRANSFERS:
+            expected = [r.status for r in reference.create_transfers(batch.transfers)]
+        else:
+            command = batch.account_command
+            assert command is not None
+            action = {
+                AccountCommandKind.FREEZE: reference.freeze,
+                AccountCommandKind.UNFREEZE: reference.unfreeze,
+            }[command.kind]
+            expected = [action(command.account_id, command.expected_version).status]
+        assert [r.status for r in sim.results[request_id].results] == expected, batch
+    assert isinstance(reference.state, MemoryState)
+    for account_id, account in reference.state.accounts.items():
+        mine = sim.account(account_id)
+        assert mine is not None
+        assert mine.balances() == account.balances(), account_id
+
+
 def _replayed(sim: SimNetwork, partition: int) -> MemoryState:
     state = MemoryState()
     for event in sim.logs[partition]:
@@ -190,6 +227,7 @@ def test_concurrent_requests_settle_consistently(partitions: int, seed: int, req
         sim.submit(batch)
         sim.run()
     submitted = []
+    requests_by_id.clear()
     for n in range(requests):
         transfers = []
         for i in range(rng.randrange(1, 6)):
@@ -204,10 +242,12 @@ def test_concurrent_requests_settle_consistently(partitions: int, seed: int, req
         else:
             batch = sim.transfers(transfers)
         submitted.append(sim.submit(batch))
+        requests_by_id[batch.request_id] = batch
     sim.run()
     assert sorted(sim.answered) == sorted(set(sim.answered))
     assert set(submitted) <= set(sim.results)
     assert sim.quiet()
+    assert_serializable_in_timestamp_order(sim, submitted)
     merged = MemoryState()
     for state in sim.states:
         merged.accounts.update(state.accounts)
