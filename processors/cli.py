@@ -265,15 +265,27 @@ def _bench_core(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from processors import bench_pipeline
+
+    try:
+        return bench_pipeline.run(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from processors import bench_core
+    from processors import bench_core, bench_pipeline
 
     bench = subparsers.add_parser(
         "bench",
         help="benchmarks (the last line printed is one JSON object)",
-        description="Benchmarks; each prints one JSON object with its figures as its last line.",
+        description=bench_pipeline.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    kinds = bench.add_subparsers(dest="bench_command", metavar="KIND", required=True)
+    bench_pipeline.add_arguments(bench)
+    bench.set_defaults(handler=_bench_pipeline)
+    kinds = bench.add_subparsers(dest="bench_command", metavar="KIND")
     core = kinds.add_parser(
         "core",
         help="the ledger rules alone, in memory, on one core",

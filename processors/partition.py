@@ -8,8 +8,9 @@ in the in-memory protocol simulation the tests drive.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from processors.ledger import (
     BatchTooLarge,
@@ -43,11 +44,11 @@ from schemas.messages import (
     Apply,
     Checkpoint,
     CommandBatch,
+    DecisionRef,
+    EntryRef,
     ExpireRequest,
     Facts,
-    OpenEntry,
     Operation,
-    PendingDecision,
     ResultBatch,
     ResultEntry,
     SequencedEntry,
@@ -55,12 +56,17 @@ from schemas.messages import (
 from schemas.partitioning import partition_of
 
 __all__ = [
+    "COMMANDS",
     "LANE_MASK",
     "MAX_PARTITIONS",
+    "SEQUENCE",
     "TIMESTAMP_STEP",
+    "MessageKey",
     "Outbox",
     "PartitionMachine",
+    "Payload",
     "align_to_lane",
+    "checkpoint_messages",
     "request_keys",
 ]
 
@@ -69,6 +75,14 @@ __all__ = [
 TIMESTAMP_STEP = 64
 LANE_MASK = TIMESTAMP_STEP - 1
 MAX_PARTITIONS = TIMESTAMP_STEP
+
+# The messages the protocol state holds on to stay in Kafka; a checkpoint names them by where
+# they are: (SEQUENCE, offset in the sequence topic) or (COMMANDS, offset in commands[p]).
+SEQUENCE = "s"
+COMMANDS = "c"
+MessageKey = tuple[str, int]
+Payload = SequencedEntry | Apply | Facts | CommandBatch
+T = TypeVar("T")
 
 
 def align_to_lane(timestamp: int, lane: int) -> int:
@@ -142,6 +156,7 @@ class _Entry:
     keys: set[Key]  # the keys of the entry this partition owns
     admitted: bool = False  # its keys are locked and its facts are sent
     apply: Apply | None = None  # the decider's answer, waiting for earlier entries
+    apply_offset: int = -1  # where the answer is in commands[p]
 
 
 @dataclass(slots=True)
@@ -151,6 +166,7 @@ class _Decision:
     entry: SequencedEntry | None = None  # None until the home has read it from the sequence
     participants: set[int] = field(default_factory=set)
     facts: dict[int, Facts] = field(default_factory=dict)
+    facts_offsets: dict[int, int] = field(default_factory=dict)  # where, in commands[home]
 
 
 class PartitionMachine:
@@ -177,16 +193,20 @@ class PartitionMachine:
         self.entries: dict[int, _Entry] = {}  # by sequence offset, in order
         self.locks: dict[Key, int] = {}
         self.decisions: dict[int, _Decision] = {}
-        self.deferred: deque[CommandBatch] = deque()
+        # Requests waiting for locked keys, with their commands offsets.
+        self.deferred: deque[tuple[int, CommandBatch]] = deque()
         self.expiring: set[int] = set()  # pending ids whose expiry is sequenced
-        # Facts and applies this partition sends itself: handled after the step that made them,
-        # never from inside it.
-        self._inbox: deque[Facts | Apply] = deque()
 
     # ------------------------------------------------------------------------------------------
     # Persistence of the protocol state (the ledger state persists through its LedgerState)
 
     def checkpoint(self, commands_offset: int, events_offset: int) -> Checkpoint:
+        """The protocol state, naming the messages it holds by their place in Kafka."""
+        decisions = []
+        for offset, d in self.decisions.items():
+            senders = sorted(d.facts)
+            offsets = [d.facts_offsets[sender] for sender in senders]
+            decisions.append(DecisionRef(offset, d.entry is not None, senders, offsets))
         return Checkpoint(
             self.partition,
             commands_offset,
@@ -195,54 +215,67 @@ class PartitionMachine:
             self.now,
             self.sequence_next,
             entries=[
-                OpenEntry(offset, e.entry, e.admitted, e.apply)
-                for offset, e in self.entries.items()
+                EntryRef(offset, e.admitted, e.apply_offset) for offset, e in self.entries.items()
             ],
-            decisions=[
-                PendingDecision(offset, d.entry, list(d.facts.values()))
-                for offset, d in self.decisions.items()
-            ],
-            deferred=list(self.deferred),
+            decisions=decisions,
+            deferred=[offset for offset, _ in self.deferred],
             expiring=sorted(self.expiring),
         )
 
-    def restore(self, checkpoint: Checkpoint) -> None:
-        """Take up the protocol state a checkpoint recorded (over the matching ledger state)."""
+    def restore(self, checkpoint: Checkpoint, messages: Mapping[MessageKey, Payload]) -> None:
+        """Take up the protocol state a checkpoint recorded (over the matching ledger state),
+        given the messages it names (`checkpoint_messages`)."""
         assert checkpoint.partition == self.partition
+
+        def message(key: MessageKey, kind: type[T]) -> T:
+            found = messages.get(key)
+            if not isinstance(found, kind):
+                raise LookupError(f"partition {self.partition}: no {kind.__name__} at {key}")
+            return found
+
         self.last_timestamp = checkpoint.last_timestamp
         self.now = checkpoint.now
         self.sequence_next = checkpoint.sequence_next
         self.entries = {}
         self.locks = {}
-        for open_entry in checkpoint.entries:
-            entry = _Entry(open_entry.entry, self._owned_keys(open_entry.entry))
-            entry.admitted = open_entry.admitted
-            entry.apply = open_entry.apply
-            self.entries[open_entry.offset] = entry
+        for ref in checkpoint.entries:
+            sequenced = message((SEQUENCE, ref.offset), SequencedEntry)
+            entry = _Entry(sequenced, self._owned_keys(sequenced), ref.admitted)
+            if ref.apply_offset >= 0:
+                entry.apply = message((COMMANDS, ref.apply_offset), Apply)
+                entry.apply_offset = ref.apply_offset
+            self.entries[ref.offset] = entry
             if entry.admitted:
                 for key in entry.keys:
-                    self.locks[key] = open_entry.offset
+                    self.locks[key] = ref.offset
         self.decisions = {}
-        for pending in checkpoint.decisions:
-            decision = _Decision(pending.entry, facts={f.sender: f for f in pending.facts})
-            if pending.entry is not None:
-                decision.participants = self._participants(pending.entry)
-            self.decisions[pending.offset] = decision
-        self.deferred = deque(checkpoint.deferred)
+        for decision_ref in checkpoint.decisions:
+            pairs = zip(decision_ref.senders, decision_ref.facts_offsets, strict=True)
+            decision = _Decision(facts_offsets=dict(pairs))
+            decision.facts = {
+                sender: message((COMMANDS, offset), Facts)
+                for sender, offset in decision.facts_offsets.items()
+            }
+            if decision_ref.has_entry:
+                decision.entry = message((SEQUENCE, decision_ref.offset), SequencedEntry)
+                decision.participants = self._participants(decision.entry)
+            self.decisions[decision_ref.offset] = decision
+        self.deferred = deque(
+            (offset, message((COMMANDS, offset), CommandBatch)) for offset in checkpoint.deferred
+        )
         self.expiring = set(checkpoint.expiring)
 
     # ------------------------------------------------------------------------------------------
     # Inputs
 
-    def on_request(self, batch: CommandBatch, now: int, out: Outbox) -> None:
-        """A request arrived on this partition's commands topic."""
+    def on_request(self, batch: CommandBatch, now: int, out: Outbox, offset: int = -1) -> None:
+        """A request arrived on this partition's commands topic, at `offset`."""
         problem = _request_problem(batch)
         if problem is not None:
             out.results.append(_rejection(batch, problem))
             return
         if not self._try_request(batch, now, out):
-            self.deferred.append(batch)
-        self._drain(out)
+            self.deferred.append((offset, batch))
 
     def on_sequenced(self, offset: int, entry: SequencedEntry, out: Outbox) -> None:
         """The next entry of the sequence topic (every processor reads every entry)."""
@@ -257,36 +290,28 @@ class PartitionMachine:
             decision = self.decisions.setdefault(offset, _Decision())
             decision.entry, decision.participants = entry, participants
         self._admit(out)
-        self._drain(out)
 
-    def on_facts(self, facts: Facts, out: Outbox) -> None:
-        self._inbox.append(facts)
-        self._drain(out)
+    def on_facts(self, facts: Facts, out: Outbox, offset: int = -1) -> None:
+        """A participant's facts arrived on this (home) partition's commands, at `offset`."""
+        decision = self.decisions.setdefault(facts.sequence, _Decision())
+        decision.facts[facts.sender] = facts
+        decision.facts_offsets[facts.sender] = offset
+        self._try_decide(facts.sequence, out)
 
-    def on_apply(self, apply: Apply, out: Outbox) -> None:
-        self._inbox.append(apply)
-        self._drain(out)
-
-    def _drain(self, out: Outbox) -> None:
-        while self._inbox:
-            message = self._inbox.popleft()
-            if isinstance(message, Facts):
-                decision = self.decisions.setdefault(message.sequence, _Decision())
-                decision.facts[message.sender] = message
-                self._try_decide(message.sequence, out)
-            else:
-                entry = self.entries.get(message.sequence)
-                if entry is None or entry.apply is not None:
-                    continue  # not ours, or a duplicate after a restart
-                entry.apply = message
-                self._apply_in_order(out)
+    def on_apply(self, apply: Apply, out: Outbox, offset: int = -1) -> None:
+        """The decider's answer arrived on this partition's commands, at `offset`."""
+        entry = self.entries.get(apply.sequence)
+        if entry is None or entry.apply is not None:
+            return  # not ours, or a duplicate after a restart
+        entry.apply = apply
+        entry.apply_offset = offset
+        self._apply_in_order(out)
 
     def on_tick(self, now: int, out: Outbox) -> None:
         """Time passed: expire what is due, and retry what waited."""
         self.now = max(self.now, now)
         self._expire(now, out)
         self._retry_deferred(now, out)
-        self._drain(out)
 
     # ------------------------------------------------------------------------------------------
     # Requests decided here alone, or sequenced
@@ -373,9 +398,9 @@ class PartitionMachine:
 
     def _retry_deferred(self, now: int, out: Outbox) -> None:
         for _ in range(len(self.deferred)):
-            batch = self.deferred.popleft()
+            offset, batch = self.deferred.popleft()
             if not self._try_request(batch, now, out):
-                self.deferred.append(batch)
+                self.deferred.append((offset, batch))
 
     # ------------------------------------------------------------------------------------------
     # Sequenced entries: admission (locks + facts), decision at the home, apply in order
@@ -410,11 +435,8 @@ class PartitionMachine:
             for key in entry.keys:
                 self.locks[key] = offset
             entry.admitted = True
-            facts = self._read_facts(offset, entry)
-            if entry.entry.home == self.partition:
-                self._inbox.append(facts)
-            else:
-                out.messages.append((entry.entry.home, facts))
+            # Even to ourselves through Kafka: a message the state holds on to must be there.
+            out.messages.append((entry.entry.home, self._read_facts(offset, entry)))
 
     def _read_facts(self, offset: int, entry: _Entry) -> Facts:
         state = self.state
@@ -510,10 +532,7 @@ class PartitionMachine:
         out.sequence.append(retry)
 
     def _send_apply(self, participant: int, apply: Apply, out: Outbox) -> None:
-        if participant == self.partition:
-            self._inbox.append(apply)
-        else:
-            out.messages.append((participant, apply))
+        out.messages.append((participant, apply))  # to ourselves too, as facts are
 
     def _apply_in_order(self, out: Outbox) -> None:
         """Fold decided entries in sequence order, so the events log stays time-ordered."""
@@ -586,3 +605,18 @@ def _answer(batch: CommandBatch, results: list[ResultEntry]) -> ResultBatch:
 
 def _rejection(batch: CommandBatch, reason: str) -> ResultBatch:
     return ResultBatch(batch.request_id, batch.submitter, batch.operation, [], rejection=reason)
+
+
+def checkpoint_messages(checkpoint: Checkpoint) -> list[MessageKey]:
+    """Where the messages a checkpoint holds on to are."""
+    keys: list[MessageKey] = []
+    for entry in checkpoint.entries:
+        keys.append((SEQUENCE, entry.offset))
+        if entry.apply_offset >= 0:
+            keys.append((COMMANDS, entry.apply_offset))
+    for decision in checkpoint.decisions:
+        if decision.has_entry:
+            keys.append((SEQUENCE, decision.offset))
+        keys.extend((COMMANDS, offset) for offset in decision.facts_offsets)
+    keys.extend((COMMANDS, offset) for offset in checkpoint.deferred)
+    return keys

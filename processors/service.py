@@ -30,7 +30,15 @@ from confluent_kafka import (
 )
 
 from processors.ledger import LedgerConfig, PartitionOwnership, apply_event
-from processors.partition import Outbox, PartitionMachine
+from processors.partition import (
+    COMMANDS,
+    SEQUENCE,
+    MessageKey,
+    Outbox,
+    PartitionMachine,
+    Payload,
+    checkpoint_messages,
+)
 from processors.setup import MESSAGE_BYTES_MAX
 from processors.store import PartitionStore, RocksLedgerState
 from schemas.codec import (
@@ -235,11 +243,11 @@ class ProcessorService:
         kind = _headers(message).get(KIND_HEADER, b"request")
         try:
             if kind == KIND_FACTS:
-                machine.on_facts(decode_facts(value), out)
+                machine.on_facts(decode_facts(value), out, offset)
             elif kind == KIND_APPLY:
-                machine.on_apply(decode_apply(value), out)
+                machine.on_apply(decode_apply(value), out, offset)
             else:
-                machine.on_request(decode_command_batch(value), now, out)
+                machine.on_request(decode_command_batch(value), now, out, offset)
         except DecodeError as problem:
             self._dead_letter(message, str(problem))
 
@@ -452,7 +460,7 @@ class ProcessorService:
         commands_next = 0
         if latest is not None:
             checkpoint = decode_checkpoint(latest.value() or b"")
-            machine.restore(checkpoint)
+            machine.restore(checkpoint, self._held_messages(index, checkpoint_messages(checkpoint)))
             commands_next = checkpoint.commands_offset
         state.commit(
             {
@@ -467,6 +475,36 @@ class ProcessorService:
             index, time.monotonic() - started, folded, commands_next,
         )  # fmt: skip
         return _Partition(index, store, state, machine, commands_next, events_offset)
+
+    def _held_messages(self, index: int, keys: list[MessageKey]) -> dict[MessageKey, Payload]:
+        """The messages a checkpoint names, read back from the sequence and commands topics."""
+        found: dict[MessageKey, Payload] = {}
+        for kind, topic, partition in (
+            (SEQUENCE, self.topics.sequence, 0),
+            (COMMANDS, self.topics.commands, index),
+        ):
+            wanted = {offset for key_kind, offset in keys if key_kind == kind}
+            if not wanted:
+                continue
+            for message in self._read_partition(topic, partition, min(wanted)):
+                _, offset = _position(message)
+                if offset in wanted:
+                    found[(kind, offset)] = self._decode_held(kind, message)
+                if offset >= max(wanted):
+                    break
+        return found
+
+    @staticmethod
+    def _decode_held(kind: str, message: Message) -> Payload:
+        value = message.value() or b""
+        if kind == SEQUENCE:
+            return decode_sequenced_entry(value)
+        header = _headers(message).get(KIND_HEADER, b"request")
+        if header == KIND_FACTS:
+            return decode_facts(value)
+        if header == KIND_APPLY:
+            return decode_apply(value)
+        return decode_command_batch(value)
 
     def _read_partition(self, topic: str, index: int, start: int | None) -> Iterator[Message]:
         """Committed messages of one partition from `start` (None: the last few) to its end."""

@@ -15,7 +15,6 @@ __all__ = ["MESSAGE_BYTES_MAX", "TopicsError", "ensure_topics", "partition_count
 # A full batch (8,189 events) is about 1 MiB of Avro, and an events batch of it 2.5 MiB.
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024
 _KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
-_WEEK_MS = str(7 * 24 * 3600 * 1000)
 
 
 class TopicsError(RuntimeError):
@@ -30,8 +29,9 @@ def _specs(topics: Topics, partitions: int) -> dict[str, tuple[int, dict[str, st
         topics.commands: (partitions, {**big, **_KEEP_FOREVER}),
         topics.events: (partitions, {**big, **_KEEP_FOREVER}),
         topics.processor_log: (partitions, {**big, **_KEEP_FOREVER}),
-        topics.sequence: (1, {**big, "retention.ms": _WEEK_MS}),
-        topics.results: (partitions, {**big, "retention.ms": _WEEK_MS}),
+        # Checkpoints name sequence entries by offset; results prove one answer per command.
+        topics.sequence: (1, {**big, **_KEEP_FOREVER}),
+        topics.results: (partitions, {**big, **_KEEP_FOREVER}),
         topics.dead_letters: (1, {**big, **_KEEP_FOREVER}),
     }
 

@@ -49,12 +49,12 @@ from schemas.messages import (
     Apply,
     Checkpoint,
     CommandBatch,
+    DecisionRef,
+    EntryRef,
     EventBatch,
     ExpireRequest,
     Facts,
-    OpenEntry,
     Operation,
-    PendingDecision,
     ResultBatch,
     ResultEntry,
     SequencedEntry,
@@ -92,7 +92,7 @@ SCHEMA_DIR: Final = Path(__file__).with_name("avro")
 # The events of an EventBatch or an Apply: one transaction's events for one partition, which a
 # decision over a full request can make more than BATCH_EVENTS_MAX (transfers plus settlements).
 EVENT_BATCH_EVENTS_MAX: Final = 1_000_000
-# Every other list or dict of the protocol messages (keys, facts, open entries, deferred requests).
+# Every other list or dict of the protocol messages (keys, facts; a Checkpoint's references).
 LIST_MAX: Final = 1_000_000
 # Every message type; a codec directory must hold a schema for each.
 MESSAGES: Final = (
@@ -806,7 +806,7 @@ def _dec_value(value: Any, kind: str, field: str) -> Any:
         return int.from_bytes(value, "big")
     if kind == "u64":
         return value & _U64_MASK
-    if kind in ("u32", "u16"):
+    if kind in ("u32", "u16", "i32"):  # fastavro reads an Avro int of any varint length
         problem = _value_problem(value, kind)
         if problem is not None:
             raise DecodeError(problem, field)
@@ -876,7 +876,7 @@ def _u128_from_bytes(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 
 
-# CommandBatch (also nested in SequencedEntry and Checkpoint).
+# CommandBatch (also nested in SequencedEntry).
 
 _COMMAND_BATCH_SPEC: Final = (
     ("request_id", "u128"),
@@ -1051,39 +1051,64 @@ def _dec_apply(d: dict[str, Any]) -> Apply:
     return Apply(d["sequence"], _dec_events(d["events"]), d["timestamp"])
 
 
-# Checkpoint.
+# Checkpoint: payloads stay in the partition's inbox; entries and decisions name them by offset.
+
+_ENTRY_REF_SPEC: Final = (("offset", "i64"), ("admitted", "bool"), ("apply_offset", "i64"))
+_DECISION_REF_SPEC: Final = (("offset", "i64"), ("has_entry", "bool"))
 
 
-def _enc_open_entry(o: OpenEntry) -> dict[str, Any]:
-    datum = _enc_fields(o, (("offset", "i64"), ("admitted", "bool")))
-    datum["entry"] = _enc_record(o.entry, SequencedEntry, _enc_sequenced, "entry")
-    datum["apply"] = _enc_optional(o.apply, Apply, _enc_apply, "apply")
+def _enc_entry_ref(e: EntryRef) -> dict[str, Any]:
+    return _enc_fields(e, _ENTRY_REF_SPEC)
+
+
+def _dec_entry_ref(d: dict[str, Any]) -> EntryRef:
+    return EntryRef(**_dec_fields(d, _ENTRY_REF_SPEC))
+
+
+def _enc_decision_ref(r: DecisionRef) -> dict[str, Any]:
+    datum = _enc_fields(r, _DECISION_REF_SPEC)
+    datum["senders"] = _enc_list(
+        lambda v: _enc_value(v, "i32", ""), r.senders, "senders", _no_explanation, LIST_MAX
+    )
+    datum["facts_offsets"] = _enc_offsets(r.facts_offsets, "facts_offsets")
+    # Parallel lists: each sender's Facts is at the same position of facts_offsets.
+    if len(datum["senders"]) != len(datum["facts_offsets"]):
+        raise EncodeError(
+            f"{len(r.facts_offsets)} offsets for {len(r.senders)} senders", "facts_offsets"
+        )
     return datum
 
 
-def _dec_open_entry(d: dict[str, Any]) -> OpenEntry:
-    return OpenEntry(
-        d["offset"],
-        _dec_within("entry", _dec_sequenced, d["entry"]),
-        d["admitted"],
-        _dec_optional(d["apply"], _dec_apply, "apply"),
+def _dec_decision_ref(d: dict[str, Any]) -> DecisionRef:
+    decoded = DecisionRef(
+        **_dec_fields(d, _DECISION_REF_SPEC),
+        senders=_dec_list(_dec_partition, d["senders"], "senders", LIST_MAX),
+        facts_offsets=_dec_offsets(d["facts_offsets"], "facts_offsets"),
     )
+    if len(decoded.senders) != len(decoded.facts_offsets):
+        raise DecodeError(
+            f"{len(decoded.facts_offsets)} offsets for {len(decoded.senders)} senders",
+            "facts_offsets",
+        )
+    return decoded
 
 
-def _enc_decision(p: PendingDecision) -> dict[str, Any]:
-    return {
-        "offset": _enc_value(p.offset, "i64", "offset"),
-        "entry": _enc_optional(p.entry, SequencedEntry, _enc_sequenced, "entry"),
-        "facts": _enc_records(p.facts, Facts, _enc_facts, "facts"),
-    }
+def _enc_offsets(offsets: list[int], field: str) -> list[Any]:
+    return _enc_list(lambda v: _enc_value(v, "i64", ""), offsets, field, _no_explanation, LIST_MAX)
 
 
-def _dec_decision(d: dict[str, Any]) -> PendingDecision:
-    return PendingDecision(
-        d["offset"],
-        _dec_optional(d["entry"], _dec_sequenced, "entry"),
-        _dec_list(_dec_facts, d["facts"], "facts", LIST_MAX),
-    )
+def _dec_offsets(raw: Any, field: str) -> list[int]:
+    return _dec_list(_dec_offset, raw, field, LIST_MAX)
+
+
+def _dec_offset(value: Any) -> int:
+    offset: int = _dec_value(value, "i64", "")
+    return offset
+
+
+def _dec_partition(value: Any) -> int:
+    partition: int = _dec_value(value, "i32", "")
+    return partition
 
 
 _CHECKPOINT_SPEC: Final = (
@@ -1094,9 +1119,9 @@ _CHECKPOINT_SPEC: Final = (
 
 def _enc_checkpoint(c: Checkpoint) -> dict[str, Any]:
     datum = _enc_fields(c, _CHECKPOINT_SPEC)
-    datum["entries"] = _enc_records(c.entries, OpenEntry, _enc_open_entry, "entries")
-    datum["decisions"] = _enc_records(c.decisions, PendingDecision, _enc_decision, "decisions")
-    datum["deferred"] = _enc_records(c.deferred, CommandBatch, _enc_command_batch, "deferred")
+    datum["entries"] = _enc_records(c.entries, EntryRef, _enc_entry_ref, "entries")
+    datum["decisions"] = _enc_records(c.decisions, DecisionRef, _enc_decision_ref, "decisions")
+    datum["deferred"] = _enc_offsets(c.deferred, "deferred")
     datum["expiring"] = _enc_ids(c.expiring, "expiring")
     return datum
 
@@ -1104,9 +1129,9 @@ def _enc_checkpoint(c: Checkpoint) -> dict[str, Any]:
 def _dec_checkpoint(d: dict[str, Any]) -> Checkpoint:
     return Checkpoint(
         **_dec_fields(d, _CHECKPOINT_SPEC),
-        entries=_dec_list(_dec_open_entry, d["entries"], "entries", LIST_MAX),
-        decisions=_dec_list(_dec_decision, d["decisions"], "decisions", LIST_MAX),
-        deferred=_dec_list(_dec_command_batch, d["deferred"], "deferred", LIST_MAX),
+        entries=_dec_list(_dec_entry_ref, d["entries"], "entries", LIST_MAX),
+        decisions=_dec_list(_dec_decision_ref, d["decisions"], "decisions", LIST_MAX),
+        deferred=_dec_offsets(d["deferred"], "deferred"),
         expiring=_dec_ids(d["expiring"], "expiring"),
     )
 

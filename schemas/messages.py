@@ -18,12 +18,12 @@ __all__ = [
     "Apply",
     "Checkpoint",
     "CommandBatch",
+    "DecisionRef",
+    "EntryRef",
     "EventBatch",
     "ExpireRequest",
     "Facts",
-    "OpenEntry",
     "Operation",
-    "PendingDecision",
     "ResultBatch",
     "ResultEntry",
     "SequencedEntry",
@@ -148,28 +148,33 @@ class Apply:
 
 
 @dataclass(slots=True)
-class OpenEntry:
-    """A sequenced entry a partition takes part in and has not folded yet."""
+class EntryRef:
+    """A sequenced entry a partition takes part in and has not folded yet. The entry is at
+    `offset` in the sequence topic; the decider's Apply, once it came, at `apply_offset` in the
+    partition's commands topic (-1: not yet)."""
 
     offset: int
-    entry: SequencedEntry
     admitted: bool
-    apply: Apply | None = None
+    apply_offset: int = -1
 
 
 @dataclass(slots=True)
-class PendingDecision:
-    """At the home: an entry whose participants' facts are still arriving."""
+class DecisionRef:
+    """At the home: an entry whose participants' facts are still arriving. Each sender's Facts
+    is at the matching offset of `facts_offsets` in the home's commands topic."""
 
     offset: int
-    entry: SequencedEntry | None
-    facts: list[Facts] = field(default_factory=list)
+    has_entry: bool  # the home has read the entry from the sequence
+    senders: list[int] = field(default_factory=list)
+    facts_offsets: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Checkpoint:
     """Written to processor-log[p] in every transaction of partition p: with events[p], the
-    complete changelog of the partition's processor state."""
+    complete changelog of its processor state. Messages it still holds on to are named by their
+    offsets in the sequence and commands topics (kept forever), so it stays small however much
+    work is in flight."""
 
     partition: int
     commands_offset: int  # the next commands[p] offset to consume
@@ -177,7 +182,7 @@ class Checkpoint:
     last_timestamp: int
     now: int
     sequence_next: int
-    entries: list[OpenEntry] = field(default_factory=list)
-    decisions: list[PendingDecision] = field(default_factory=list)
-    deferred: list[CommandBatch] = field(default_factory=list)
+    entries: list[EntryRef] = field(default_factory=list)
+    decisions: list[DecisionRef] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)  # commands offsets of waiting requests
     expiring: list[int] = field(default_factory=list)

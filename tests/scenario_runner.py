@@ -28,6 +28,7 @@ __all__ = [
     "run_scenario",
 ]
 
+
 def _scenarios_path() -> Path:
     """The shared reference copy when the checkout sits beside shared/ (as in CI), else ours."""
     configured = os.environ.get("LEDGER_SCENARIOS")

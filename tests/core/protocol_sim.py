@@ -5,13 +5,20 @@ service, minus Kafka (test helper)."""
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
 
 from processors.ledger import MemoryState, PartitionOwnership
-from processors.partition import Outbox, PartitionMachine
+from processors.partition import (
+    SEQUENCE,
+    MessageKey,
+    Outbox,
+    PartitionMachine,
+    Payload,
+    checkpoint_messages,
+)
 from schemas import Account, Event, Transfer, UpdateSettings
+from schemas.codec import decode_checkpoint, encode_checkpoint
 from schemas.messages import (
     AccountCommand,
     AccountCommandKind,
@@ -34,7 +41,9 @@ class SimNetwork:
     now: int = 1
     machines: list[PartitionMachine] = field(init=False)
     states: list[MemoryState] = field(init=False)
-    queues: list[deque[CommandBatch | Facts | Apply]] = field(init=False)
+    # Each partition's commands topic: every message ever sent, and how far its owner has read.
+    commands: list[list[CommandBatch | Facts | Apply]] = field(init=False)
+    commands_read: list[int] = field(init=False)
     sequence: list[SequencedEntry] = field(default_factory=list)
     read: list[int] = field(init=False)
     logs: list[list[Event]] = field(init=False)
@@ -52,14 +61,15 @@ class SimNetwork:
         self.machines = [
             PartitionMachine(p, self.partitions, self.states[p]) for p in range(self.partitions)
         ]
-        self.queues = [deque() for _ in range(self.partitions)]
+        self.commands = [[] for _ in range(self.partitions)]
+        self.commands_read = [0] * self.partitions
         self.read = [0] * self.partitions
         self.logs = [[] for _ in range(self.partitions)]
 
     # Submitting -----------------------------------------------------------------------------
 
     def submit(self, batch: CommandBatch) -> int:
-        self.queues[home_partition(batch, self.partitions)].append(batch)
+        self.commands[home_partition(batch, self.partitions)].append(batch)
         return batch.request_id
 
     def request(self, operation: Operation, **parts: object) -> CommandBatch:
@@ -83,24 +93,29 @@ class SimNetwork:
 
     # Running --------------------------------------------------------------------------------
 
+    def _pending(self, partition: int) -> bool:
+        return self.commands_read[partition] < len(self.commands[partition])
+
     def _deliver(self, partition: int, out: Outbox) -> bool:
         machine = self.machines[partition]
         can_read = self.read[partition] < len(self.sequence)
-        queue = self.queues[partition]
-        if not can_read and not queue:
+        pending = self._pending(partition)
+        if not can_read and not pending:
             return False
-        if can_read and (not queue or self.rng.random() < 0.5):
+        if can_read and (not pending or self.rng.random() < 0.5):
             offset = self.read[partition]
             self.read[partition] += 1
             machine.on_sequenced(offset, self.sequence[offset], out)
         else:
-            message = queue.popleft()
+            offset = self.commands_read[partition]
+            self.commands_read[partition] += 1
+            message = self.commands[partition][offset]
             if isinstance(message, CommandBatch):
-                machine.on_request(message, self.now, out)
+                machine.on_request(message, self.now, out, offset)
             elif isinstance(message, Facts):
-                machine.on_facts(message, out)
+                machine.on_facts(message, out, offset)
             else:
-                machine.on_apply(message, out)
+                machine.on_apply(message, out, offset)
         return True
 
     def _collect(self, partition: int, out: Outbox) -> None:
@@ -110,7 +125,7 @@ class SimNetwork:
             self.results[result.request_id] = result
             self.answered.append(result.request_id)
         for target, message in out.messages:
-            self.queues[target].append(message)
+            self.commands[target].append(message)
         self.sequence.extend(out.sequence)
 
     def run(self, max_steps: int = 1_000_000) -> None:
@@ -121,7 +136,7 @@ class SimNetwork:
                 ready = [
                     p
                     for p in range(self.partitions)
-                    if self.queues[p] or self.read[p] < len(self.sequence)
+                    if self._pending(p) or self.read[p] < len(self.sequence)
                 ]
                 if not ready:
                     break
@@ -145,9 +160,17 @@ class SimNetwork:
                 return
 
     def restart(self, partition: int) -> None:
-        checkpoint = self.machines[partition].checkpoint(0, -1)
+        # Through the codec, as the service persists it; the messages it names come back from
+        # the topics, as recovery reads them.
+        checkpoint = decode_checkpoint(
+            encode_checkpoint(self.machines[partition].checkpoint(0, -1))
+        )
+        messages: dict[MessageKey, Payload] = {}
+        for kind, offset in checkpoint_messages(checkpoint):
+            log = self.sequence if kind == SEQUENCE else self.commands[partition]
+            messages[(kind, offset)] = log[offset]
         machine = PartitionMachine(partition, self.partitions, self.states[partition])
-        machine.restore(checkpoint)
+        machine.restore(checkpoint, messages)
         self.machines[partition] = machine
         self.restarts += 1
 

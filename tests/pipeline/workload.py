@@ -32,9 +32,7 @@ def accounts() -> list[Account]:
 
 
 def funding() -> list[Transfer]:
-    return [
-        Transfer(10_000 + a, SOURCE, a, 200, ledger=LEDGER, code=1) for a in ACCOUNTS
-    ]
+    return [Transfer(10_000 + a, SOURCE, a, 200, ledger=LEDGER, code=1) for a in ACCOUNTS]
 
 
 class Workload:

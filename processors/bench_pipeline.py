@@ -1,0 +1,235 @@
+"""`ledger bench`: random transfers among N accounts through the real pipeline (SPEC §8).
+
+Starts its own processors on fresh topics (prefix `bench-<id>.`) on the configured broker (the
+local one when none is), creates the accounts, then measures:
+
+- throughput: requests of `--batch-size` transfers, `--in-flight` requests outstanding, for
+  `--duration` seconds: completed transfers per second, exactly once;
+- latency: single-transfer requests offered at `--rate` per second (open loop) for
+  `--latency-duration` seconds: submit-to-result p50 and p99;
+- processor memory: the largest RSS of the processor processes.
+
+The last line printed is one JSON object with the figures and the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from processors.kafka_broker import ensure_broker
+from processors.setup import ensure_topics
+from processors.supervisor import Supervisor
+from producers import LedgerClient, RequestHandle
+from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
+from schemas.messages import CommandBatch, Operation
+from schemas.topics import Topics
+
+__all__ = ["PipelineBenchParams", "add_arguments", "run", "run_pipeline_bench"]
+
+
+@dataclass(frozen=True)
+class PipelineBenchParams:
+    accounts: int = 100_000
+    partitions: int = 8
+    processors: int = 1
+    batch_size: int = 500
+    in_flight: int = 16
+    duration_s: float = 30.0
+    rate_per_s: int = 2_000
+    latency_duration_s: float = 15.0
+    seed: int = 1
+
+
+class _Meter:
+    """The largest RSS seen across the processor processes, sampled in the background."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.peak_rss_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for process in self.processes:
+                with contextlib.suppress(psutil.Error):  # gone: nothing more to measure
+                    self.peak_rss_bytes = max(self.peak_rss_bytes, process.memory_info().rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _create_accounts(client: LedgerClient, count: int) -> None:
+    handles = []
+    for start in range(1, count + 1, BATCH_EVENTS_MAX):
+        ids = range(start, min(start + BATCH_EVENTS_MAX, count + 1))
+        batch = [Account(i, ledger=1, code=1) for i in ids]
+        handles.append(client.submit(CommandBatch(0, client.submitter, Operation.CREATE_ACCOUNTS,
+                                                  accounts=batch)))  # fmt: skip
+    for handle in handles:
+        result = handle.result()
+        assert all(r.status == 0xFFFFFFFF for r in result.results), "account creation failed"
+
+
+def _throughput(
+    client: LedgerClient, params: PipelineBenchParams, rng: random.Random
+) -> dict[str, float]:
+    next_id = 1 << 64
+    outstanding: deque[RequestHandle] = deque()
+    completed = created = 0
+    latencies: list[float] = []
+    started = time.monotonic()
+    deadline = started + params.duration_s
+    while time.monotonic() < deadline or outstanding:
+        while time.monotonic() < deadline and len(outstanding) < params.in_flight:
+            batch = []
+            for _ in range(params.batch_size):
+                debit = rng.randrange(1, params.accounts + 1)
+                credit = rng.randrange(1, params.accounts)
+                credit += credit >= debit
+                next_id += 1
+                batch.append(Transfer(next_id, debit, credit, rng.randrange(1, 100), ledger=1,
+                                      code=1))  # fmt: skip
+            request = CommandBatch(0, client.submitter, Operation.CREATE_TRANSFERS, transfers=batch)
+            outstanding.append(client.submit(request))
+        handle = outstanding.popleft()
+        result = handle.result()
+        completed += len(result.results)
+        created += sum(1 for r in result.results if r.status == CreateTransferStatus.CREATED)
+        if handle.latency_s is not None:
+            latencies.append(handle.latency_s)
+    elapsed_s = time.monotonic() - started
+    return {
+        "transfers_per_s": round(completed / elapsed_s),
+        "throughput_transfers": completed,
+        "throughput_created": created,
+        "throughput_elapsed_s": round(elapsed_s, 2),
+        "batch_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else 0.0,
+    }
+
+
+def _latency(
+    client: LedgerClient, params: PipelineBenchParams, rng: random.Random
+) -> dict[str, float]:
+    next_id = 1 << 96
+    handles: list[RequestHandle] = []
+    interval_s = 1.0 / params.rate_per_s
+    started = time.monotonic()
+    count = int(params.latency_duration_s * params.rate_per_s)
+    for n in range(count):
+        # Open loop: each request leaves at its scheduled time, whatever the answers do.
+        delay_s = started + n * interval_s - time.monotonic()
+        if delay_s > 0:
+            time.sleep(delay_s)
+        debit = rng.randrange(1, params.accounts + 1)
+        credit = rng.randrange(1, params.accounts)
+        credit += credit >= debit
+        next_id += 1
+        transfer = Transfer(next_id, debit, credit, 1, ledger=1, code=1)
+        request = CommandBatch(
+            0, client.submitter, Operation.CREATE_TRANSFERS, transfers=[transfer]
+        )
+        handles.append(client.submit(request))
+    offered_s = time.monotonic() - started
+    latencies_ms = []
+    for handle in handles:
+        handle.result()
+        assert handle.latency_s is not None
+        latencies_ms.append(handle.latency_s * 1000)
+    latencies_ms.sort()
+    return {
+        "p50_ms": round(latencies_ms[len(latencies_ms) // 2], 1),
+        "p99_ms": round(latencies_ms[int(len(latencies_ms) * 0.99)], 1),
+        "latency_requests": len(latencies_ms),
+        "offered_per_s": round(count / offered_s),
+    }
+
+
+def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
+    bootstrap = ensure_broker()
+    topics = Topics(f"bench-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(bootstrap, topics, params.partitions)
+    work_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
+    env = dict(os.environ)
+    env.update(
+        LEDGER_KAFKA_BOOTSTRAP=bootstrap,
+        LEDGER_TOPIC_PREFIX=topics.prefix,
+        LEDGER_PARTITIONS=str(params.partitions),
+        LEDGER_DATA_DIR=str(work_dir / "data"),
+    )
+    supervisor = Supervisor(env, work_dir / "logs")
+    rng = random.Random(params.seed)
+    try:
+        pids = []
+        for index in range(params.processors):
+            child = supervisor.start(
+                f"processor-{index}",
+                ["processors.cli", "processor", "--instance", f"bench-{index}"],
+                "running:",
+            )
+            assert child.pid is not None
+            pids.append(child.pid)
+        meter = _Meter(pids)
+        with LedgerClient(bootstrap, topics.prefix, timeout_s=300) as client:
+            started = time.monotonic()
+            _create_accounts(client, params.accounts)
+            setup_s = time.monotonic() - started
+            print(f"created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
+            throughput = _throughput(client, params, rng)
+            print(f"throughput: {throughput}", file=sys.stderr)
+            latency = _latency(client, params, rng)
+            print(f"latency: {latency}", file=sys.stderr)
+        meter.stop()
+        return {
+            "benchmark": "pipeline",
+            **throughput,
+            **latency,
+            "processor_rss_mb": round(meter.peak_rss_bytes / 2**20, 1),
+            "accounts_setup_s": round(setup_s, 1),
+            **asdict(params),
+            "topic_prefix": topics.prefix,
+            "logs": str(work_dir / "logs"),
+        }
+    finally:
+        supervisor.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = PipelineBenchParams()
+    parser.add_argument("--accounts", type=int, default=defaults.accounts)
+    parser.add_argument("--partitions", type=int, default=defaults.partitions)
+    parser.add_argument("--processors", type=int, default=defaults.processors)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--in-flight", type=int, default=defaults.in_flight)
+    parser.add_argument("--duration", type=float, default=defaults.duration_s)
+    parser.add_argument("--rate", type=int, default=defaults.rate_per_s)
+    parser.add_argument("--latency-duration", type=float, default=defaults.latency_duration_s)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = PipelineBenchParams(
+        args.accounts, args.partitions, args.processors, args.batch_size, args.in_flight,
+        args.duration, args.rate, args.latency_duration, args.seed,
+    )  # fmt: skip
+    if not 1 <= params.batch_size <= BATCH_EVENTS_MAX:
+        raise ValueError(f"--batch-size must be within 1..{BATCH_EVENTS_MAX}")
+    print(json.dumps(run_pipeline_bench(params)), flush=True)
+    return 0
