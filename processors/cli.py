@@ -202,7 +202,7 @@ def _processor(args: argparse.Namespace) -> int:
     import threading
 
     from processors.kafka_broker import ensure_broker
-    from processors.service import ProcessorService, ServiceConfig
+    from processors.service import ENV_ALLOW_CLOCK_CONTROL, ProcessorService, ServiceConfig
     from processors.settings import LedgerEnvironment
     from processors.setup import ensure_topics
 
@@ -220,6 +220,7 @@ def _processor(args: argparse.Namespace) -> int:
             partitions=environment.partitions,
             topics=environment.topics,
             instance=args.instance,
+            allow_clock_control=os.environ.get(ENV_ALLOW_CLOCK_CONTROL) == "1",
         )
     )
     stop = threading.Event()

@@ -59,13 +59,23 @@ from schemas.codec import (
 from schemas.messages import Apply, EventBatch, Facts, Operation, ResultBatch
 from schemas.topics import Topics, results_partition
 
-__all__ = ["KIND_APPLY", "KIND_FACTS", "KIND_HEADER", "ProcessorService", "ServiceConfig"]
+__all__ = [
+    "ENV_ALLOW_CLOCK_CONTROL",
+    "KIND_APPLY",
+    "KIND_CLOCK",
+    "KIND_FACTS",
+    "KIND_HEADER",
+    "ProcessorService",
+    "ServiceConfig",
+]
 
 log = logging.getLogger("ledger.processor")
 
 KIND_HEADER = "kind"  # on commands messages: absent or "request" from submitters
 KIND_FACTS = b"facts"
 KIND_APPLY = b"apply"
+KIND_CLOCK = b"clock"  # tests: advance this partition's clock (8-byte signed ns)
+ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
 EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
 TRANSACTION_PRODUCERS = 3
 _META_EVENTS_OFFSET = "events_offset"
@@ -86,6 +96,7 @@ class ServiceConfig:
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 10_000
     sync_writes: bool = False  # fsync RocksDB's WAL per commit (machine-crash durability)
+    allow_clock_control: bool = False  # honour `kind: clock` messages (tests only)
 
 
 @dataclass
@@ -99,6 +110,9 @@ class _Partition:
     out: Outbox = field(default_factory=Outbox)
     touched: bool = False
     checkpoint: bytes = b""  # the one written in the current transaction
+    # Added to the wall clock when LEDGER_ALLOW_CLOCK_CONTROL=1 (TigerBeetle's timeout tests
+    # advance time); not persisted: a restart is back on the wall clock.
+    clock_offset_ns: int = 0
 
 
 def _headers(message: Message) -> dict[str, bytes]:
@@ -222,7 +236,7 @@ class ProcessorService:
         if tick:
             self._last_tick = time.monotonic()
             for partition in self.partitions.values():
-                partition.machine.on_tick(now, partition.out)
+                partition.machine.on_tick(now + partition.clock_offset_ns, partition.out)
                 partition.touched |= bool(partition.out)
         self._commit()
 
@@ -246,8 +260,14 @@ class ProcessorService:
                 machine.on_facts(decode_facts(value), out, offset)
             elif kind == KIND_APPLY:
                 machine.on_apply(decode_apply(value), out, offset)
+            elif kind == KIND_CLOCK:
+                if not self.config.allow_clock_control or len(value) != 8:
+                    raise DecodeError(f"clock control is off, or not 8 bytes ({len(value)})")
+                partition.clock_offset_ns += int.from_bytes(value, "big", signed=True)
+                machine.on_tick(now + partition.clock_offset_ns, out)
             else:
-                machine.on_request(decode_command_batch(value), now, out, offset)
+                request = decode_command_batch(value)
+                machine.on_request(request, now + partition.clock_offset_ns, out, offset)
         except DecodeError as problem:
             self._dead_letter(message, str(problem))
 
