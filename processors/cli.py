@@ -159,38 +159,63 @@ def register_kafka(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _up(args: argparse.Namespace) -> int:
-    external = os.environ.get(ENV_BOOTSTRAP, "").strip()
-    if external:
-        bootstrap = external
-        print(f"Using the Kafka broker at {bootstrap} ({ENV_BOOTSTRAP} is set)")
-    else:
-        info = LocalBroker(start_timeout_s=args.timeout).start()
-        _print_started(info)
-        bootstrap = info.bootstrap
-    print()
-    print("Reach it from your shell and from ledger tools with:")
-    print(f"  export {ENV_BOOTSTRAP}={bootstrap}")
-    print("Stop the local broker with: ledger kafka stop")
-    return 0
+    from processors.settings import LedgerEnvironment
+    from processors.supervisor import SupervisorError
+    from processors.up import start_stack, wait_for_signal
+
+    try:
+        environment = LedgerEnvironment.from_env()
+        stack = start_stack(environment)
+    except (ValueError, SupervisorError) as exc:
+        raise CliError(str(exc)) from exc
+    print(
+        f"ledger ready: {stack.url} (Kafka {stack.bootstrap}, topics "
+        f"{environment.topics.prefix}*, {environment.partitions} partitions, data in "
+        f"{environment.data_dir}); Ctrl-C stops it",
+        flush=True,
+    )
+    return wait_for_signal(stack)
 
 
 def register_up(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = subparsers.add_parser(
         "up",
-        help="start the ledger locally (for now: the Kafka broker)",
+        help="run the whole ledger locally: broker, processors, projections, HTTP API",
         description=(
-            f"Start the ledger locally. Uses {ENV_BOOTSTRAP} when set, otherwise starts (or "
-            "reuses) the local Kafka broker."
+            f"Run the ledger until Ctrl-C or SIGTERM. Uses {ENV_BOOTSTRAP} when set, otherwise "
+            "starts (or reuses) the local Kafka broker. Honours LEDGER_TOPIC_PREFIX, "
+            "LEDGER_DATA_DIR, LEDGER_HTTP_PORT (default 8080) and LEDGER_PARTITIONS (default "
+            "8); data survives restarts."
         ),
     )
-    up.add_argument(
-        "--timeout",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long to wait for the broker to answer (default: 120)",
-    )
     up.set_defaults(handler=_up)
+
+
+# --------------------------------------------------------------------------------------------
+# ledger demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from processors.demo import run_demo
+    from processors.supervisor import SupervisorError
+
+    try:
+        return run_demo()
+    except SupervisorError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="bring the ledger up, run a small realistic workload, print the balances",
+        description=(
+            "Start the ledger (as `ledger up` does), create accounts with policies and limits, "
+            "fund them, run card payments, a two-phase payment, a linked chain and a rejected "
+            "overdraft, print the balances, and stop. Idempotent: run it twice."
+        ),
+    )
+    demo.set_defaults(handler=_demo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +324,13 @@ def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 # --------------------------------------------------------------------------------------------
 # Entry point
 
-REGISTRARS: list[Registrar] = [register_up, register_kafka, register_processor, register_bench]
+REGISTRARS: list[Registrar] = [
+    register_up,
+    register_demo,
+    register_kafka,
+    register_processor,
+    register_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
