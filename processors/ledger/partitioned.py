@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from processors.ledger.config import LedgerConfig
-from processors.ledger.engine import AccountCommandResult, BatchResult, Ledger, Result
 from processors.ledger.fold import apply_event
-from processors.ledger.state import MemoryState, Scope
+from processors.ledger.reference import SequentialLedger
+from processors.ledger.state import LedgerState, MemoryState, Scope
 from schemas import (
     Account,
     AccountChanged,
@@ -36,7 +36,6 @@ from schemas import (
     SettlementRequested,
     Transfer,
     TransferFailed,
-    UpdateSettings,
 )
 from schemas.partitioning import partition_of
 
@@ -108,94 +107,33 @@ class OwnerRoutedView:
     add_expiry = remove_expiry = put_failed = set_settlement = _read_only
 
 
-class PartitionedLedger:
+class PartitionedLedger(SequentialLedger):
     """The reference ledger's interface over `partitions` owners (see the module docstring)."""
 
     def __init__(self, partitions: int, config: LedgerConfig | None = None, now: int = 0) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
-        self.rules = Ledger(config)
+        super().__init__(config, now)
         self.owners = [MemoryState() for _ in range(partitions)]
         self.ownership = [PartitionOwnership(i, partitions) for i in range(partitions)]
         self.view = OwnerRoutedView(self.owners)
-        self.now = now
-        self.log: list[Event] = []
         # Events that touched more than one owner: the cross-partition path was exercised.
         self.cross_partition_events = 0
 
-    def create_accounts(self, batch: Sequence[Account]) -> list[Result]:
-        self._expire()
-        scope = Scope(self.view)
-        return self._apply(self.rules.create_accounts(scope, batch, self.now + 1)).results
+    def _decision_state(self) -> LedgerState:
+        # A scratch scope: owners change only by folding the decision's events.
+        return Scope(self.view)
 
-    def create_transfers(self, batch: Sequence[Transfer]) -> list[Result]:
-        self._expire()
-        scope = Scope(self.view)
-        return self._apply(self.rules.create_transfers(scope, batch, self.now + 1)).results
+    def _read_state(self) -> LedgerState:
+        return self.view
 
-    def freeze(self, account_id: int, expected_version: int = 0) -> AccountCommandResult:
-        self._expire()
-        return self._apply_command(
-            self.rules.freeze(Scope(self.view), account_id, self.now + 1, expected_version)
-        )
-
-    def unfreeze(self, account_id: int, expected_version: int = 0) -> AccountCommandResult:
-        self._expire()
-        return self._apply_command(
-            self.rules.unfreeze(Scope(self.view), account_id, self.now + 1, expected_version)
-        )
-
-    def close(self, account_id: int, expected_version: int = 0) -> AccountCommandResult:
-        self._expire()
-        return self._apply_command(
-            self.rules.close(Scope(self.view), account_id, self.now + 1, expected_version)
-        )
-
-    def update_settings(
-        self, account_id: int, patch: UpdateSettings, expected_version: int = 0
-    ) -> AccountCommandResult:
-        self._expire()
-        return self._apply_command(
-            self.rules.update_settings(
-                Scope(self.view), account_id, patch, self.now + 1, expected_version
-            )
-        )
-
-    def advance(self, nanoseconds: int) -> None:
-        if nanoseconds <= 0:
-            raise ValueError(f"nanoseconds must be positive, got {nanoseconds}")
-        self.now += nanoseconds
-        self._expire()
-
-    def lookup_accounts(self, ids: Iterable[int]) -> list[Account]:
-        found = (self.view.get_account(account_id) for account_id in ids)
-        return [account.copy() for account in found if account is not None]
-
-    def lookup_transfers(self, ids: Iterable[int]) -> list[Transfer]:
-        found = (self.view.get_transfer(transfer_id) for transfer_id in ids)
-        return [transfer.copy() for transfer in found if transfer is not None]
-
-    def _expire(self) -> None:
-        self._apply(self.rules.expire_pending(Scope(self.view), self.now, self.now + 1))
-
-    def _route(self, events: list[Event]) -> None:
+    def _commit(self, events: list[Event]) -> None:
         partitions = len(self.owners)
         for event in events:
             receivers = event_owners(event, partitions)
             for index in receivers:
                 apply_event(self.owners[index], event, self.ownership[index])
             self.cross_partition_events += len(receivers) > 1
-        self.log.extend(events)
-
-    def _apply(self, outcome: BatchResult) -> BatchResult:
-        self._route(outcome.events)
-        self.now = max(self.now, outcome.next_timestamp - 1)
-        return outcome
-
-    def _apply_command(self, outcome: AccountCommandResult) -> AccountCommandResult:
-        self._route(outcome.events)
-        self.now = max(self.now, outcome.next_timestamp - 1)
-        return outcome
 
 
 def event_owners(event: Event, partitions: int) -> set[int]:
