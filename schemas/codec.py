@@ -16,8 +16,9 @@ limits as ``bytes`` (two's complement, big-endian, minimal length, |v| <= 2^128-
 Bad input: ``decode_*`` raises only ``DecodeError`` (naming the field where it can), and
 ``encode_*`` raises ``EncodeError`` for values the schema cannot carry. fastavro is imported
 nowhere else in the schemas package. EventBatch and Apply messages of TransferApplied events are
-written by a hand-written encoder, byte for byte what fastavro writes (``AvroCodec(fast=False)``
-turns it off).
+written by a hand-written encoder, byte for byte what fastavro writes, and read back by a
+hand-written decoder that gives way to fastavro on anything it does not take as is
+(``AvroCodec(fast=False)`` turns both off).
 """
 
 from __future__ import annotations
@@ -1270,6 +1271,205 @@ def _fast_write(header: bytes, layout: tuple[str, Any, Any], message: Any) -> by
         return None
 
 
+# The decoder of the same messages: EventBatch and Apply whose events are all TransferApplied,
+# written with the pinned schema (and read with it: the current version). It accepts only what
+# fastavro's writer produces — minimal varints holding at most 64 bits, positive block counts,
+# in-range values — and anything else (another event type, a value the slow path would refuse or
+# might read differently, truncation, trailing bytes) makes it give up: the message is then
+# decoded by fastavro, which raises the DecodeError naming the field.
+
+_VARINT_STOPS: Final = int.from_bytes(b"\x80" * 10, "little")  # the continuation bits
+_VARINT_DIGITS: Final = int.from_bytes(b"\x7f" * 10, "little")
+
+
+def _slots(value: int, width: int, count: int) -> int:
+    """`value` repeated in `count` slots of `width` bits."""
+    return sum(value << (width * i) for i in range(count))
+
+
+# Gathering the 7-bit groups of up to 10 bytes (little-endian): pairs, quads, octets, all.
+_PACK: Final = (
+    (1, _slots(0x7F, 16, 5), _slots(0x7F << 7, 16, 5)),
+    (2, _slots((1 << 14) - 1, 32, 3), _slots(((1 << 14) - 1) << 14, 32, 3)),
+    (4, _slots((1 << 28) - 1, 64, 2), _slots(((1 << 28) - 1) << 28, 64, 2)),
+    (8, (1 << 56) - 1, ((1 << 56) - 1) << 56),
+)
+(_P1, _A1, _B1), (_P2, _A2, _B2), (_P3, _A3, _B3), (_P4, _A4, _B4) = _PACK
+_KIND_BY_BYTE: Final = {i << 1: k for i, k in enumerate(TransferKind)}  # the zigzagged index
+_APPLIED_BRANCH: Final = 2 << 1  # the event union's TransferApplied branch, zigzagged
+_FAST_CLASSES: Final[dict[str, Callable[..., Any]]] = {"EventBatch": EventBatch, "Apply": Apply}
+
+
+def _read_varint(data: bytes, p: int) -> tuple[int, int]:
+    """The zigzagged varint at `p` (>= 2 bytes: the byte at `p` has its continuation bit), and
+    the position after it; _NotFast unless minimal and below 2^64."""
+    x = int.from_bytes(data[p : p + 10], "little")
+    stop = ~x & _VARINT_STOPS
+    stop &= -stop  # the bit 7 of the first byte without the continuation bit
+    x &= (stop - 1) & _VARINT_DIGITS
+    x = (x & _A1) | ((x >> _P1) & _B1)
+    x = (x & _A2) | ((x >> _P2) & _B2)
+    x = (x & _A3) | ((x >> _P3) & _B3)
+    x = (x & _A4) | ((x >> _P4) & _B4)
+    size = stop.bit_length() >> 3
+    if not stop or x >> 64 or not x >> (7 * size - 7):  # no end, > 64 bits, or not minimal
+        raise _NotFast
+    return x, p + size
+
+
+def _read_signed(data: bytes, p: int, kind: str) -> tuple[int, int]:
+    n = data[p]
+    if n < 128:
+        p += 1
+    else:
+        n, p = _read_varint(data, p)
+    value = (n >> 1) ^ -(n & 1)
+    if kind == "i32" and value not in _I32_RANGE:
+        raise _NotFast  # fastavro reads an int of any length: leave it to the slow path
+    return value, p
+
+
+def _read_applied(data: bytes, p: int, count: int, out: list[Event]) -> int:
+    """Appends `count` TransferApplied read at `p`; returns the position after them."""
+    fb, read, mask, u64 = int.from_bytes, _read_varint, U128_MAX, _U64_MASK
+    append, kinds = out.append, _KIND_BY_BYTE
+    for _ in range(count):
+        if data[p] != _APPLIED_BRANCH:
+            raise _NotFast
+        kind = kinds[data[p + 1]]
+        # id .. user_data_128: six ledger.u128. A slice cut short by the end of the data leaves
+        # p past it: the next read raises IndexError, or the final length check fails.
+        x = fb(data[p + 2 : p + 98], "big")
+        p += 98
+        # user_data_64, user_data_32, timeout, ledger, code, flags, timestamp, both versions.
+        n0 = data[p]
+        if n0 < 128:
+            p += 1
+        else:
+            n0, p = read(data, p)
+        n1 = data[p]
+        if n1 < 128:
+            p += 1
+        else:
+            n1, p = read(data, p)
+        n2 = data[p]
+        if n2 < 128:
+            p += 1
+        else:
+            n2, p = read(data, p)
+        n3 = data[p]
+        if n3 < 128:
+            p += 1
+        else:
+            n3, p = read(data, p)
+        n4 = data[p]
+        if n4 < 128:
+            p += 1
+        else:
+            n4, p = read(data, p)
+        n5 = data[p]
+        if n5 < 128:
+            p += 1
+        else:
+            n5, p = read(data, p)
+        ts_at = p
+        n6 = data[p]
+        if n6 < 128:
+            p += 1
+        else:
+            n6, p = read(data, p)
+        ts_end = p
+        n7 = data[p]
+        if n7 < 128:
+            p += 1
+        else:
+            n7, p = read(data, p)
+        n8 = data[p]
+        if n8 < 128:
+            p += 1
+        else:
+            n8, p = read(data, p)
+        u32s, u16s = n1 | n2 | n3, n4 | n5
+        if (u32s | u16s) & 1 or u32s >> 33 or u16s >> 17:
+            raise _NotFast  # negative or out of range: the slow path names the field
+        transfer = Transfer(
+            x >> 640, (x >> 512) & mask, (x >> 384) & mask, (x >> 256) & mask,
+            (x >> 128) & mask, x & mask, ((n0 >> 1) ^ -(n0 & 1)) & u64, n1 >> 1, n2 >> 1,
+            n3 >> 1, n4 >> 1, n5 >> 1, ((n6 >> 1) ^ -(n6 & 1)) & u64,
+            ((n7 >> 1) ^ -(n7 & 1)) & u64, ((n8 >> 1) ^ -(n8 & 1)) & u64,
+        )  # fmt: skip
+        released = fb(data[p : p + 16], "big")
+        p += 16
+        branch = data[p]
+        if branch == 2:
+            x = fb(data[p + 1 : p + 81], "big")
+            debit: Balances | None = Balances(
+                x >> 512, (x >> 384) & mask, (x >> 256) & mask, (x >> 128) & mask, x & mask
+            )
+            p += 81
+        elif branch == 0:
+            debit = None
+            p += 1
+        else:
+            raise _NotFast
+        branch = data[p]
+        if branch == 2:
+            x = fb(data[p + 1 : p + 81], "big")
+            credit: Balances | None = Balances(
+                x >> 512, (x >> 384) & mask, (x >> 256) & mask, (x >> 128) & mask, x & mask
+            )
+            p += 81
+        elif branch == 0:
+            credit = None
+            p += 1
+        else:
+            raise _NotFast
+        # The event's timestamp is usually the transfer's: the same bytes, the same value.
+        size = ts_end - ts_at
+        if data[p : p + size] == data[ts_at:ts_end]:
+            n = n6
+            p += size
+        else:
+            n = data[p]
+            if n < 128:
+                p += 1
+            else:
+                n, p = read(data, p)
+        ts = ((n >> 1) ^ -(n & 1)) & u64
+        append(TransferApplied(kind, transfer, released, debit, credit, ts))
+    return p
+
+
+def _fast_read(message: str, layout: tuple[str, Any, Any], data: bytes) -> Any:
+    """The message read from `data` (header checked by the caller), or None if it is not for
+    the fast path."""
+    _, before, after = layout
+    try:
+        fields: dict[str, Any] = {}
+        p = _HEADER_LEN
+        for name, kind in before:
+            fields[name], p = _read_signed(data, p, kind)
+        events: list[Event] = []
+        while True:
+            n = data[p]
+            if n < 128:
+                p += 1
+            else:
+                n, p = _read_varint(data, p)
+            if not n:
+                break
+            if n & 1 or len(events) + (n >> 1) > EVENT_BATCH_EVENTS_MAX:
+                return None  # a block with its byte size, or too many events
+            p = _read_applied(data, p, n >> 1, events)
+        for name, kind in after:
+            fields[name], p = _read_signed(data, p, kind)
+        if p != len(data):
+            return None
+        return _FAST_CLASSES[message](events=events, **fields)
+    except Exception:  # _NotFast, IndexError (truncated), KeyError (enum index): any doubt
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Diagnostics: when fastavro fails, re-walk the bytes (or the datum) with the schema to name the
 # field. Slow, only on bad input.
@@ -1498,6 +1698,15 @@ class AvroCodec:
         return self._write(message, _enc_record(value, cls, convert, ""))
 
     def _decode(self, message: str, convert: Callable[[dict[str, Any]], _Out], data: bytes) -> _Out:
+        layout = self._fast.get(message)
+        if (
+            layout is not None
+            and type(data) is bytes
+            and data[:_HEADER_LEN] == self.current[message].header
+        ):
+            decoded: _Out | None = _fast_read(message, layout, data)
+            if decoded is not None:
+                return decoded
         d = self._read(message, data)
         try:
             return convert(d)
