@@ -38,7 +38,7 @@ def _accounts() -> list[Account]:
         Account(ALICE, ledger=USD, code=20, policy=Policy.NO_OVERDRAFT, metadata={"name": "Alice"}),
         Account(BOB, ledger=USD, code=20, policy=Policy.CAPPED_OVERDRAFT, min_balance=-5_000,
                 metadata={"name": "Bob"}),
-        Account(MERCHANT, ledger=USD, code=30, settle_threshold=20_000, settle_to=5_000,
+        Account(MERCHANT, ledger=USD, code=30, settle_threshold=8_000, settle_to=2_000,
                 link_type="http", flags=8),  # history
         Account(FEES, ledger=USD, code=40, policy=Policy.SYSTEM),
     ]  # fmt: skip
@@ -79,7 +79,7 @@ def run_demo(console: Console | None = None) -> int:
             step = progress.add_task("card payments", total=payments)
             for start in range(0, payments, 20):
                 batch = [
-                    _transfer(1_000 + n, rng.choice([ALICE, BOB]), MERCHANT, rng.randrange(50, 400))
+                    _transfer(1_000 + n, rng.choice([ALICE, BOB]), MERCHANT, rng.randrange(10, 60))
                     for n in range(start, start + 20)
                 ]
                 outcomes.update(r.status.name.lower() for r in client.create_transfers(batch))

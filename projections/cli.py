@@ -32,8 +32,7 @@ from typing import Any
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
 
-from processors.ledger import LedgerConfig
-from processors.settings import LedgerEnvironment
+from processors.settings import LedgerEnvironment, ledger_config_from_env
 from processors.setup import ensure_topics
 from producers import AsyncLedgerClient
 from projections.routing import (
@@ -124,7 +123,7 @@ def _create_app(
         print("projections.api is not available: serving the internal reads only", flush=True)
         return web.Application()
     app: web.Application = api.create_app(
-        reads, client, LedgerConfig(), api_keys=api_keys, clock_control=clock_control
+        reads, client, ledger_config_from_env(), api_keys=api_keys, clock_control=clock_control
     )
     return app
 
@@ -234,6 +233,7 @@ async def run_worker(
     http_port: int | None = None,
     data_dir: Path | None = None,
     stop: asyncio.Event | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     """What `python -m projections --worker NAME` runs, until SIGINT/SIGTERM (or `stop`)."""
     from processors.kafka_broker import ensure_broker
@@ -249,6 +249,7 @@ async def run_worker(
         data_dir=data_dir or environment.data_dir,
         api_keys=api_keys_from_env(),
         allow_clock_control=os.environ.get(ENV_ALLOW_CLOCK_CONTROL) == "1",
+        host=host,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker", default="0", help="stable worker name (its state dir)")
     parser.add_argument("--http-port", type=int, default=None, help="default $LEDGER_HTTP_PORT")
     parser.add_argument("--data-dir", type=Path, default=None, help="default $LEDGER_DATA_DIR")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 in a container)"
+    )
     return parser
 
 
@@ -394,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(build_bench_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(run_worker(args.worker, args.http_port, args.data_dir))
+        asyncio.run(run_worker(args.worker, args.http_port, args.data_dir, host=args.host))
     except ValueError as exc:  # bad environment
         print(f"error: {exc}", file=sys.stderr)
         return 2
