@@ -219,6 +219,69 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 # --------------------------------------------------------------------------------------------
+# ledger submit | show
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from processors.files import FileProblem, submit_file
+    from processors.kafka_broker import ensure_broker
+    from processors.settings import LedgerEnvironment
+    from producers import LedgerClient, LedgerClientError
+
+    console = Console()
+    environment = LedgerEnvironment.from_env()
+    try:
+        with LedgerClient(ensure_broker(), environment.topics.prefix) as client:
+            statuses = submit_file(client, args.file, args.kind, args.batch_size, console)
+    except (FileProblem, LedgerClientError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+    summary = ", ".join(f"{count} {status}" for status, count in statuses.most_common())
+    console.print(f"{sum(statuses.values())} {args.kind}: {summary or 'none'}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from processors.files import show_account
+    from processors.settings import LedgerEnvironment
+
+    url = args.url or f"http://127.0.0.1:{LedgerEnvironment.from_env().http_port}"
+    try:
+        found = show_account(url.rstrip("/"), args.account_id, Console(), args.limit)
+    except OSError as exc:
+        raise CliError(f"cannot reach the HTTP API at {url}: {exc}; is the ledger up?") from exc
+    if not found:
+        raise CliError(f"account {args.account_id} does not exist")
+    return 0
+
+
+def register_files(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    submit = subparsers.add_parser(
+        "submit",
+        help="submit accounts or transfers from a JSON-lines file (one object per line)",
+        description=(
+            "Submit a JSON-lines file of accounts or transfers (the HTTP API's field names; "
+            "numbers or decimal strings; flags as a number or a list of names), in batches, "
+            "with a progress bar and a summary of the results."
+        ),
+    )
+    submit.add_argument("kind", choices=["accounts", "transfers"])
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--batch-size", type=int, default=1000, help="events per request")
+    submit.set_defaults(handler=_submit)
+    show = subparsers.add_parser(
+        "show", help="show an account's balances, latest transfers and versions"
+    )
+    show.add_argument("account_id", type=int)
+    show.add_argument("--limit", type=int, default=20, help="transfers to show")
+    show.add_argument("--url", default=None, help="HTTP API (default 127.0.0.1:$LEDGER_HTTP_PORT)")
+    show.set_defaults(handler=_show)
+
+
+# --------------------------------------------------------------------------------------------
 # ledger processor
 
 
@@ -329,6 +392,7 @@ REGISTRARS: list[Registrar] = [
     register_demo,
     register_kafka,
     register_processor,
+    register_files,
     register_bench,
 ]
 
