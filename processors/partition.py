@@ -98,9 +98,18 @@ class Outbox:
     results: list[ResultBatch] = field(default_factory=list)
     messages: list[tuple[int, Facts | Apply]] = field(default_factory=list)  # to commands[q]
     sequence: list[SequencedEntry] = field(default_factory=list)
+    # The last sequence offset this partition folded in this step (-1: none): its events
+    # message says so, and read-your-writes waits for it (ResultBatch.sequence).
+    applied_sequence: int = -1
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.results or self.messages or self.sequence)
+        return bool(
+            self.events
+            or self.results
+            or self.messages
+            or self.sequence
+            or self.applied_sequence >= 0
+        )
 
 
 def request_keys(batch: CommandBatch) -> tuple[set[int], set[int], bool]:
@@ -516,7 +525,10 @@ class PartitionMachine:
         else:
             self.last_timestamp = max(self.last_timestamp, next_timestamp - TIMESTAMP_STEP)
             if entry.request is not None:
-                out.results.append(_answer(entry.request, results))
+                answer = _answer(entry.request, results)
+                answer.sequence = offset
+                answer.participants = sorted(decision.participants)
+                out.results.append(answer)
         if entry.expire is not None:
             self.expiring.difference_update(entry.expire.transfer_ids)
         decided_at = self.last_timestamp
@@ -549,6 +561,7 @@ class PartitionMachine:
             # Past the decision's time even when it only read here (Lamport), so whatever
             # touches these keys next is timed after it.
             self.last_timestamp = max(self.last_timestamp, entry.apply.timestamp)
+            out.applied_sequence = max(out.applied_sequence, offset)
             for key in entry.keys:
                 if self.locks.get(key) == offset:
                     del self.locks[key]

@@ -367,11 +367,16 @@ class ProcessorService:
         topics = self.topics
         produce = self.producer.produce
         events = out.events
-        for start in range(0, len(events), EVENTS_PER_MESSAGE):
+        starts = list(range(0, len(events), EVENTS_PER_MESSAGE))
+        if not starts and out.applied_sequence >= 0:
+            starts = [0]  # no events, but the projections must learn the entry was folded
+        for start in starts:
             chunk = events[start : start + EVENTS_PER_MESSAGE]
+            # The last message names the sequence offset folded with it (read-your-writes).
+            marker = out.applied_sequence if start == starts[-1] else -1
             produce(
                 topics.events,
-                value=encode_event_batch(EventBatch(partition.index, chunk)),
+                value=encode_event_batch(EventBatch(partition.index, chunk, marker)),
                 partition=partition.index,
                 on_delivery=self._on_events_delivered,
             )

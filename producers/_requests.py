@@ -34,6 +34,10 @@ class CreateResult:
     index: int  # the event's position in the request
     status: CreateAccountStatus | CreateTransferStatus
     timestamp: int  # the ledger's timestamp of the event (0 when it was not applied)
+    # Where a cross-partition request was decided, and the partitions it changed: what a reader
+    # waits for to see it (ResultBatch.sequence; -1: it is visible with its result already).
+    sequence: int = -1
+    participants: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -46,6 +50,8 @@ class AccountCommandResult:
 
     status: AccountCommandStatus
     version: int  # the account's version after the command
+    sequence: int = -1  # as CreateResult.sequence
+    participants: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -92,9 +98,12 @@ def create_results(sent: CommandBatch, result: ResultBatch) -> list[CreateResult
             f"request {sent.request_id:032x} had {expected} events but "
             f"{len(result.results)} results came back"
         )
+    participants = tuple(result.participants)
     try:
         return [
-            CreateResult(i, status_type(entry.status), entry.timestamp)
+            CreateResult(
+                i, status_type(entry.status), entry.timestamp, result.sequence, participants
+            )
             for i, entry in enumerate(result.results)
         ]
     except ValueError as exc:  # a status code this client does not know
@@ -113,4 +122,4 @@ def account_command_result(sent: CommandBatch, result: ResultBatch) -> AccountCo
         status = AccountCommandStatus(entry.status)
     except ValueError as exc:
         raise ProtocolError(f"request {sent.request_id:032x}: {exc}") from None
-    return AccountCommandResult(status, entry.version)
+    return AccountCommandResult(status, entry.version, result.sequence, tuple(result.participants))

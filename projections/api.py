@@ -189,6 +189,7 @@ class _Api:
         if not accounts:
             return _json([])
         results = await _ledger_call(self.client.create_accounts(accounts))
+        await self._visible(results[0])
         return _json(codec.render_create_results(results))
 
     async def create_transfers(self, request: web.Request) -> web.Response:
@@ -197,6 +198,7 @@ class _Api:
         if not transfers:
             return _json([])
         results = await _ledger_call(self.client.create_transfers(transfers))
+        await self._visible(results[0])
         return _json(codec.render_create_results(results))
 
     async def freeze(self, request: web.Request) -> web.Response:
@@ -215,6 +217,7 @@ class _Api:
         codec.parse_no_params(request.query.items())
         expected_version = codec.parse_command(await _body(request))
         result = await _ledger_call(command(account_id, expected_version))
+        await self._visible(result)
         return _json(codec.render_command_result(result))
 
     async def update_settings(self, request: web.Request) -> web.Response:
@@ -224,7 +227,14 @@ class _Api:
         result = await _ledger_call(
             self.client.update_settings(account_id, patch, expected_version)
         )
+        await self._visible(result)
         return _json(codec.render_command_result(result))
+
+    async def _visible(self, result: AccountCommandResult | CreateResult) -> None:
+        """Read-your-writes: a cross-partition request's events reach the participants' logs
+        after its result, so the response waits until their projections folded it."""
+        if result.sequence >= 0:
+            await self.reads.wait_for_sequence(list(result.participants), result.sequence)
 
     async def advance_clock(self, request: web.Request) -> web.Response:
         assert self.clock_control is not None  # the route exists only with a clock

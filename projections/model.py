@@ -98,6 +98,7 @@ _TRANSFER_BY_TS: Final = b"\x08"
 _META: Final = b"\x09"
 
 _OFFSET_KEY: Final = _META + b"offset"
+_SEQUENCE_KEY: Final = _META + b"sequence"  # the last sequence offset folded (signed i64)
 
 # Account entry side bits.
 _DEBIT: Final = 0x01
@@ -136,18 +137,26 @@ class PartitionProjection:
         self.partitions = partitions
         stored = store.get(_OFFSET_KEY)
         self._offset = -1 if stored is None else int.from_bytes(stored, "big")
+        stored = store.get(_SEQUENCE_KEY)
+        self._sequence = -1 if stored is None else int.from_bytes(stored, "big", signed=True)
 
     def applied_offset(self) -> int:
         """The offset of the last message applied; -1 if none."""
         return self._offset
+
+    def applied_sequence(self) -> int:
+        """The last sequence offset (a cross-partition decision) this partition's processor
+        had folded by the last message applied; -1 if none."""
+        return self._sequence
 
     def _owns(self, key: int) -> bool:
         return self.partitions == 1 or partition_of(key, self.partitions) == self.partition
 
     # Folding ----------------------------------------------------------------------------------
 
-    def apply(self, offset: int, events: list[Event]) -> bool:
-        """Fold the events of the message at `offset`; False (and nothing) if already applied."""
+    def apply(self, offset: int, events: list[Event], sequence: int = -1) -> bool:
+        """Fold the events of the message at `offset` (which names the last `sequence` offset
+        its processor folded, -1 if none); False (and nothing) if already applied."""
         if offset <= self._offset:
             return False
         # Every write of the message, in event order (a later write of a key wins), then one
@@ -165,8 +174,11 @@ class PartitionProjection:
             elif kind is not TransferFailed:  # a burnt id shows in no read model
                 raise TypeError(f"not a ledger event: {event!r}")
         changes[_OFFSET_KEY] = offset.to_bytes(8, "big")
+        if sequence > self._sequence:
+            changes[_SEQUENCE_KEY] = sequence.to_bytes(8, "big", signed=True)
         self.store.write(changes)
         self._offset = offset
+        self._sequence = max(self._sequence, sequence)
         return True
 
     def _fold_account(

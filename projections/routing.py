@@ -337,6 +337,23 @@ class RoutedReads:
             ([_transfer_in(t) for t in answer] for answer in answers), query_filter
         )
 
+    async def wait_for_sequence(self, partitions: list[int], sequence: int) -> None:
+        """Poll the owners of `partitions` (each catching up with its end offset first) until
+        each has folded the decision at `sequence`; ReadUnavailable at the read deadline."""
+        deadline = time.monotonic() + self.read_timeout_s
+        remaining = sorted(set(partitions))
+        while remaining:
+            folded: dict[int, int] = {}
+            for answer in await self._route("applied_sequence", {}, remaining, lambda _ps: {}):
+                folded.update({int(p): int(s) for p, s in answer.items()})
+            remaining = [p for p in remaining if folded.get(p, -1) < sequence]
+            if remaining:
+                if time.monotonic() >= deadline:
+                    raise ReadUnavailable(
+                        remaining[0], f"it has not folded sequence {sequence} in time"
+                    )
+                await asyncio.sleep(_SEQUENCE_POLL_S)
+
     # Answering from this worker's partitions (also what the internal endpoint runs) ---------
 
     async def answer_locally(self, op: str, args: dict[str, Any], partitions: list[int]) -> Any:
@@ -367,6 +384,12 @@ class RoutedReads:
                 with self.worker.borrow(p) as projection:
                     answers.append(handler(projection, args))
             return _merge_local(op, answers, args)
+        if op in _PER_PARTITION_OPS:  # one value per partition, by partition
+            per_partition: dict[str, Any] = {}
+            for p in partitions:
+                with self.worker.borrow(p) as projection:
+                    per_partition[str(p)] = handler(projection, args)
+            return per_partition
         if op in _ID_OPS:  # ids of several partitions: one dict per partition, joined
             joined: dict[str, Any] = {}
             by_partition = _group(args["ids"], lambda i: partition_of(i, self.partitions))
@@ -574,8 +597,11 @@ _OPS: Final[dict[str, Callable[[PartitionProjection, dict[str, Any]], Any]]] = {
     "balances_at": _balances_at,
     "query_accounts": _query_accounts,
     "query_transfers": _query_transfers,
+    "applied_sequence": lambda projection, _args: projection.applied_sequence(),
 }
 _MERGED_OPS: Final = frozenset({"query_accounts", "query_transfers"})
+_PER_PARTITION_OPS: Final = frozenset({"applied_sequence"})
+_SEQUENCE_POLL_S: Final = 0.002
 _ID_OPS: Final = frozenset({"lookup_accounts", "lookup_transfers"})
 
 

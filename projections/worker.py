@@ -3,7 +3,7 @@
 A `ProjectionWorker` is one member of the consumer group `<prefix>projections` on the events
 topic (SPEC §2 "Projections", built on confluent-kafka + rocksdict directly: faust-streaming
 reads aborted transactions by default and folds only 3-5k events/s per worker, see
-/tmp/faust-spike/FINDINGS.md). For every partition the group assigns it, it opens a
+docs/FAUST.md). For every partition the group assigns it, it opens a
 `PartitionStore` under `<data_dir>/projections/<worker>/partition-<p>` and folds the partition
 into a `PartitionProjection`. The applied offset lives in each store, written atomically with
 the message's changes, so nothing is committed to Kafka: on assignment the worker resumes at
@@ -353,7 +353,7 @@ class ProjectionWorker:
                 continue
             offset = message.offset()
             batch = decode_event_batch(message.value() or b"")
-            owned.projection.apply(offset, batch.events)
+            owned.projection.apply(offset, batch.events, batch.source_offset)
             owned.position = offset + 1
             events += len(batch.events)
             applied += 1

@@ -1143,6 +1143,14 @@ def _enc_result_batch(batch: ResultBatch) -> dict[str, Any]:
     )
     datum["operation"] = _enum_symbol(_OPERATION_SYMBOL, batch.operation, "operation")
     datum["results"] = _enc_list(_enc_result, batch.results, "results", _explain_result)
+    datum["sequence"] = _enc_value(batch.sequence, "i64", "sequence")
+    datum["participants"] = _enc_list(
+        lambda v: _enc_value(v, "i32", ""),
+        batch.participants,
+        "participants",
+        _no_explanation,
+        LIST_MAX,
+    )
     return datum
 
 
@@ -1153,6 +1161,8 @@ def _dec_result_batch(d: dict[str, Any]) -> ResultBatch:
         _enum_value(_OPERATION_BY_SYMBOL, d["operation"], "operation"),
         _dec_list(_dec_result, d["results"], "results"),
         d["rejection"],
+        d["sequence"],
+        _dec_list(_dec_partition, d["participants"], "participants", LIST_MAX),
     )
 
 

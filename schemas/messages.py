@@ -80,6 +80,12 @@ class ResultBatch:
     # Set when the request could not be decoded or was refused whole (e.g. too many events):
     # `results` is empty and this names the problem (and the field).
     rejection: str | None = None
+    # A cross-partition request: the sequence offset it was decided at, and the partitions
+    # whose events it changed. Their events follow the result, so read-your-writes waits until
+    # those partitions' projections have folded this sequence offset (-1: decided by one
+    # partition alone, whose events committed with the result).
+    sequence: int = -1
+    participants: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,7 +94,8 @@ class EventBatch:
 
     partition: int
     events: list[Event]
-    # The commands-topic offset this batch's state reflects (recovery of processor state).
+    # The last sequence offset (a cross-partition decision) the partition folded with this
+    # batch, -1 if none: projections track it for read-your-writes.
     source_offset: int = -1
 
 

@@ -113,6 +113,12 @@ class ProjectionReads:
         answers = [p.query_transfers(query_filter) for p in self.projections]
         return merge_query_transfers(answers, query_filter)
 
+    async def wait_for_sequence(self, partitions: list[int], sequence: int) -> None:
+        # The reference writer folds every write before it returns: nothing to wait for.
+        assert all(
+            p.applied_sequence() >= sequence for p in self.projections if p.partition in partitions
+        )
+
 
 class ReferenceWriter:
     """The ledger client's calls over a ReferenceLedger, returning exactly its results; after
