@@ -63,6 +63,7 @@ __all__ = [
     "ENV_ALLOW_CLOCK_CONTROL",
     "KIND_APPLY",
     "KIND_CLOCK",
+    "KIND_CLOCK_TO",
     "KIND_FACTS",
     "KIND_HEADER",
     "ProcessorService",
@@ -75,6 +76,7 @@ KIND_HEADER = "kind"  # on commands messages: absent or "request" from submitter
 KIND_FACTS = b"facts"
 KIND_APPLY = b"apply"
 KIND_CLOCK = b"clock"  # tests: advance this partition's clock (8-byte signed ns)
+KIND_CLOCK_TO = b"clock-to"  # tests: set it (8-byte signed ns since the epoch)
 ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
 EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
 TRANSACTION_PRODUCERS = 3
@@ -110,9 +112,13 @@ class _Partition:
     out: Outbox = field(default_factory=Outbox)
     touched: bool = False
     checkpoint: bytes = b""  # the one written in the current transaction
-    # Added to the wall clock when LEDGER_ALLOW_CLOCK_CONTROL=1 (TigerBeetle's timeout tests
-    # advance time); not persisted: a restart is back on the wall clock.
-    clock_offset_ns: int = 0
+    # With LEDGER_ALLOW_CLOCK_CONTROL=1, the first clock message stops the wall clock for this
+    # partition: from then on time moves only by clock messages, as in TigerBeetle's test
+    # tables. Not persisted: a restart is back on the wall clock.
+    manual_now: int | None = None
+
+    def now(self, wall_ns: int) -> int:
+        return wall_ns if self.manual_now is None else self.manual_now
 
 
 def _headers(message: Message) -> dict[str, bytes]:
@@ -236,7 +242,7 @@ class ProcessorService:
         if tick:
             self._last_tick = time.monotonic()
             for partition in self.partitions.values():
-                partition.machine.on_tick(now + partition.clock_offset_ns, partition.out)
+                partition.machine.on_tick(partition.now(now), partition.out)
                 partition.touched |= bool(partition.out)
         self._commit()
 
@@ -260,14 +266,18 @@ class ProcessorService:
                 machine.on_facts(decode_facts(value), out, offset)
             elif kind == KIND_APPLY:
                 machine.on_apply(decode_apply(value), out, offset)
-            elif kind == KIND_CLOCK:
+            elif kind in (KIND_CLOCK, KIND_CLOCK_TO):
                 if not self.config.allow_clock_control or len(value) != 8:
                     raise DecodeError(f"clock control is off, or not 8 bytes ({len(value)})")
-                partition.clock_offset_ns += int.from_bytes(value, "big", signed=True)
-                machine.on_tick(now + partition.clock_offset_ns, out)
+                value_ns = int.from_bytes(value, "big", signed=True)
+                if kind == KIND_CLOCK:
+                    partition.manual_now = partition.now(now) + value_ns
+                else:
+                    partition.manual_now = value_ns
+                machine.on_tick(partition.now(now), out)
             else:
                 request = decode_command_batch(value)
-                machine.on_request(request, now + partition.clock_offset_ns, out, offset)
+                machine.on_request(request, partition.now(now), out, offset)
         except DecodeError as problem:
             self._dead_letter(message, str(problem))
 

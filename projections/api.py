@@ -167,7 +167,7 @@ class _Api:
         reads: Reads,
         client: LedgerWriter,
         config: LedgerConfig,
-        clock_control: Callable[[int], Awaitable[None]] | None,
+        clock_control: Callable[[int, bool], Awaitable[None]] | None,
     ) -> None:
         self.reads = reads
         self.client = client
@@ -239,12 +239,15 @@ class _Api:
     async def advance_clock(self, request: web.Request) -> web.Response:
         assert self.clock_control is not None  # the route exists only with a clock
         codec.parse_no_params(request.query.items())
-        advance_ns = codec.parse_clock(await _body(request))
+        value, absolute = codec.parse_clock(await _body(request))
+        field = "to_ns" if absolute else "advance_ns"
         try:
-            await self.clock_control(advance_ns)
+            await self.clock_control(value, absolute)
         except ValueError as exc:
-            return _error(400, f"advance_ns: {exc}", "advance_ns")
-        return _json({"status": "ok", "advanced_ns": str(advance_ns)})
+            return _error(400, f"{field}: {exc}", field)
+        if absolute:
+            return _json({"status": "ok", "clock_ns": str(value)})
+        return _json({"status": "ok", "advanced_ns": str(value)})
 
     # Reads --------------------------------------------------------------------------------------
 
@@ -337,7 +340,7 @@ def create_app(
     config: LedgerConfig,
     *,
     api_keys: frozenset[str] = frozenset(),
-    clock_control: Callable[[int], Awaitable[None]] | None = None,
+    clock_control: Callable[[int, bool], Awaitable[None]] | None = None,
 ) -> web.Application:
     """The HTTP API over `reads` and `client`. With `api_keys`, every request but /health must
     carry one of them (`Authorization: Bearer <key>` or `X-API-Key: <key>`). `clock_control`

@@ -58,6 +58,8 @@ ENV_API_KEYS = "LEDGER_API_KEYS"
 ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
 KIND_HEADER = "kind"
 KIND_CLOCK = b"clock"
+KIND_CLOCK_TO = b"clock-to"
+CLOCK_SETTLE_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 600.0  # catching up replays the partitions: generous
 
 
@@ -67,11 +69,16 @@ def api_keys_from_env() -> frozenset[str]:
 
 
 class ClockControl:
-    """`clock_control(advance_ns)`: a `kind: clock` message with the signed 8-byte advance to
-    every commands partition (each processor honours it only with LEDGER_ALLOW_CLOCK_CONTROL=1),
-    returning once every one is delivered."""
+    """`clock_control(value_ns, absolute)`: a `kind: clock` (advance) or `kind: clock-to` (set)
+    message to every commands partition (each processor honours it only with
+    LEDGER_ALLOW_CLOCK_CONTROL=1). Returns once the processors have settled what it caused:
+    each has committed past its message, and every sequenced entry up to then (the expiries it
+    sequenced) is folded by its participants, so reads after it see the expiries (TigerBeetle's
+    tables expect that of a tick)."""
 
     def __init__(self, bootstrap: str, topics: Topics, partitions: int) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
         self._topic = topics.commands
         self._partitions = partitions
         self._producer = Producer(
@@ -79,18 +86,24 @@ class ClockControl:
         )
         self._lock = threading.Lock()  # one advance at a time: deliveries are counted per call
 
-    async def __call__(self, advance_ns: int) -> None:
-        if not -(1 << 63) <= advance_ns < 1 << 63:
-            raise ValueError("advance_ns: must fit a signed 64-bit integer")
-        await asyncio.to_thread(self._advance, advance_ns)
+    async def __call__(self, value_ns: int, absolute: bool = False) -> None:
+        """Advance every processor's clock by `value_ns`, or set it to `value_ns` (absolute)."""
+        if not -(1 << 63) <= value_ns < 1 << 63:
+            raise ValueError("must fit a signed 64-bit integer")
+        await asyncio.to_thread(self._send, value_ns, KIND_CLOCK_TO if absolute else KIND_CLOCK)
 
-    def _advance(self, advance_ns: int) -> None:
-        value = advance_ns.to_bytes(8, "big", signed=True)
+    def _send(self, value_ns: int, kind: bytes) -> None:
+        value = value_ns.to_bytes(8, "big", signed=True)
         failures: list[KafkaError] = []
+        offsets: dict[int, int] = {}
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
+        def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
                 failures.append(error)
+            else:
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None
+                offsets[partition] = offset
 
         with self._lock:
             for partition in range(self._partitions):
@@ -98,12 +111,84 @@ class ClockControl:
                     self._topic,
                     value,
                     partition=partition,
-                    headers=[(KIND_HEADER, KIND_CLOCK)],
+                    headers=[(KIND_HEADER, kind)],
                     on_delivery=delivered,
                 )
             left = self._producer.flush(30)
-        if left or failures:
-            raise RuntimeError(f"clock advance not delivered: {failures or f'{left} pending'}")
+            if left or failures:
+                raise RuntimeError(f"clock change not delivered: {failures or f'{left} pending'}")
+            self._settle(offsets, time.monotonic() + CLOCK_SETTLE_TIMEOUT_S)
+
+    def _settle(self, clock_offsets: dict[int, int], deadline: float) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from schemas.codec import decode_checkpoint
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._bootstrap,
+                "group.id": self._topics.processor_group,  # read its commits, never commit
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            # 1. Every processor committed past its clock message (with what it sequenced).
+            wanted = [TopicPartition(self._topic, p) for p in clock_offsets]
+            while True:
+                committed = consumer.committed(wanted, timeout=10)
+                if all((tp.offset or -1) > clock_offsets[tp.partition] for tp in committed):
+                    break
+                self._wait(deadline, "processors to take the clock change")
+            # 2. Every entry sequenced until now is folded by its participants.
+            last_entry = self._last_message(consumer, self._topics.sequence, 0)
+            end = -1 if last_entry is None else (last_entry.offset() or 0)
+            while True:
+                checkpoints = [
+                    self._last_message(consumer, self._topics.processor_log, partition)
+                    for partition in range(self._partitions)
+                ]
+                settled = True
+                for message in checkpoints:
+                    if message is None:
+                        continue
+                    checkpoint = decode_checkpoint(message.value() or b"")
+                    if (
+                        checkpoint.sequence_next <= end
+                        or any(e.offset <= end for e in checkpoint.entries)
+                        or any(d.offset <= end for d in checkpoint.decisions)
+                    ):
+                        settled = False
+                if settled:
+                    return
+                self._wait(deadline, "the processors to fold what the clock change caused")
+        finally:
+            consumer.close()
+
+    @staticmethod
+    def _last_message(consumer: Any, topic: str, partition: int) -> Any:
+        """The last committed data message of a partition (transaction markers take offsets,
+        so the watermark is not it), or None."""
+        from confluent_kafka import TopicPartition
+
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(topic, partition, max(low, high - 64))])
+        last = None
+        while True:
+            batch = consumer.consume(1000, 0.5)
+            for message in batch:
+                if message.error() is None:
+                    last = message
+            if not batch or (last is not None and (last.offset() or 0) >= high - 2):
+                return last
+
+    @staticmethod
+    def _wait(deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -113,7 +198,7 @@ def _create_app(
     reads: RoutedReads,
     client: AsyncLedgerClient,
     api_keys: frozenset[str],
-    clock_control: Callable[[int], Awaitable[None]] | None,
+    clock_control: Callable[[int, bool], Awaitable[None]] | None,
 ) -> web.Application:
     # Imported late: the API module is developed alongside; without it the worker still serves
     # its internal endpoint.

@@ -452,16 +452,22 @@ def parse_id(text: str, field: str = "id") -> int:
     return _unsigned(text, 128, field)
 
 
-def parse_clock(body: Any) -> int:
-    """POST /admin/clock: `{"advance_ns": n}`, n > 0."""
+def parse_clock(body: Any) -> tuple[int, bool]:
+    """POST /admin/clock: `{"advance_ns": n}` (n > 0) moves every processor's clock forward;
+    `{"to_ns": t}` sets it to t (TigerBeetle's tables jump to the end of time). Returns
+    (n or t, whether it is absolute)."""
     obj = _object(body, "", "a JSON object")
-    _refuse_unknown(obj, ("advance_ns",), "")
+    _refuse_unknown(obj, ("advance_ns", "to_ns"), "")
+    if "to_ns" in obj:
+        if "advance_ns" in obj:
+            raise CodecError("to_ns", "give either advance_ns or to_ns")
+        return _unsigned(obj["to_ns"], 63, "to_ns"), True
     if "advance_ns" not in obj:
         raise CodecError("advance_ns", "is required")
     advance = _unsigned(obj["advance_ns"], 64, "advance_ns")
     if advance == 0:
         raise CodecError("advance_ns", "must be positive")
-    return advance
+    return advance, False
 
 
 # Responses ---------------------------------------------------------------------------------------

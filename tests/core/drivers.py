@@ -25,6 +25,9 @@ class ReferenceDriver:
     def advance(self, nanoseconds: int) -> None:
         self.ledger.advance(nanoseconds)
 
+    def advance_to(self, timestamp: int) -> None:
+        self.ledger.advance(timestamp - self.ledger.now)
+
     def account_balances(self, account_id: int) -> Balances5 | None:
         found = self.ledger.lookup_accounts([account_id])
         if not found:

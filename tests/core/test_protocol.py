@@ -50,6 +50,9 @@ class SimDriver:
     def advance(self, nanoseconds: int) -> None:
         self.sim.advance(nanoseconds)
 
+    def advance_to(self, timestamp: int) -> None:
+        self.sim.advance(timestamp - self.sim.now)
+
     def account_balances(self, account_id: int) -> Balances5 | None:
         a = self.sim.account(account_id)
         if a is None:

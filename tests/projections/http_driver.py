@@ -144,6 +144,9 @@ class HttpScenarioDriver:
     def advance(self, nanoseconds: int) -> None:
         self._post("/admin/clock", {"advance_ns": str(nanoseconds)})
 
+    def advance_to(self, timestamp: int) -> None:
+        self._post("/admin/clock", {"to_ns": str(timestamp)})
+
     def account_balances(self, account_id: int) -> Balances5 | None:
         a = self._account(account_id)
         if a is None:

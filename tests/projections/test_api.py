@@ -179,8 +179,8 @@ class ReferenceWriter:
     ) -> AccountCommandResult:
         return self._command(self.ledger.update_settings(account_id, settings, expected_version))
 
-    async def advance(self, nanoseconds: int) -> None:
-        self.ledger.advance(nanoseconds)
+    async def advance(self, nanoseconds: int, absolute: bool = False) -> None:
+        self.ledger.advance(nanoseconds - self.ledger.now if absolute else nanoseconds)
         self.publish()
 
 

@@ -285,7 +285,10 @@ def test_account_filter_params() -> None:
 
 
 def test_clock() -> None:
-    assert codec.parse_clock({"advance_ns": "1000"}) == 1000
+    assert codec.parse_clock({"advance_ns": "1000"}) == (1000, False)
+    assert codec.parse_clock({"to_ns": 5}) == (5, True)
+    assert error_of(codec.parse_clock, {"to_ns": 2**63}).field == "to_ns"
+    assert error_of(codec.parse_clock, {"to_ns": 5, "advance_ns": 1}).field == "to_ns"
     assert error_of(codec.parse_clock, {"advance_ns": 0}).field == "advance_ns"
     assert error_of(codec.parse_clock, {}).field == "advance_ns"
     assert error_of(codec.parse_clock, None).field == ""
