@@ -160,13 +160,14 @@ def register_kafka(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _up(args: argparse.Namespace) -> int:
     from processors.settings import LedgerEnvironment
+    from processors.setup import TopicsError
     from processors.supervisor import SupervisorError
     from processors.up import start_stack, wait_for_signal
 
     try:
         environment = LedgerEnvironment.from_env()
         stack = start_stack(environment)
-    except (ValueError, SupervisorError) as exc:
+    except (ValueError, SupervisorError, TopicsError) as exc:
         raise CliError(str(exc)) from exc
     print(
         f"ledger ready: {stack.url} (Kafka {stack.bootstrap}, topics "
@@ -292,14 +293,17 @@ def _processor(args: argparse.Namespace) -> int:
     from processors.kafka_broker import ensure_broker
     from processors.service import ENV_ALLOW_CLOCK_CONTROL, ProcessorService, ServiceConfig
     from processors.settings import LedgerEnvironment
-    from processors.setup import ensure_topics
+    from processors.setup import TopicsError, ensure_topics
 
     try:
         environment = LedgerEnvironment.from_env()
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     bootstrap = ensure_broker()
-    ensure_topics(bootstrap, environment.topics, environment.partitions)
+    try:
+        ensure_topics(bootstrap, environment.topics, environment.partitions)
+    except TopicsError as exc:
+        raise CliError(str(exc)) from exc
     data_dir = (args.data_dir or environment.data_dir) / "processors" / f"instance-{args.instance}"
     service = ProcessorService(
         ServiceConfig(

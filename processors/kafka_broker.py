@@ -957,7 +957,11 @@ class LocalBroker:
 
     def _death_message(self, pid: int) -> str:
         child = _CHILDREN.get(pid)
-        code = child.returncode if child is not None else None
+        code = None
+        if child is not None:
+            # It may have died after the last poll(): reap it now for its exit code.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = child.wait(timeout=5)
         how = f" (exit code {code})" if code is not None else ""
         return (
             f"the Kafka broker (pid {pid}) died during start-up{how}; see {self.log_file}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
 
@@ -51,7 +52,10 @@ def ensure_topics(
     Returns each topic's partition count."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     specs = _specs(topics, partitions)
-    existing = {name: partition_count(admin, name) for name in specs}
+    try:
+        existing = {name: partition_count(admin, name) for name in specs}
+    except KafkaException as exc:
+        raise TopicsError(f"cannot reach Kafka at {bootstrap}: {exc.args[0]}") from None
     missing = [
         NewTopic(name, num_partitions=count, replication_factor=1, config=config)
         for name, (count, config) in specs.items()
