@@ -202,6 +202,8 @@ class PartitionMachine:
         self.entries: dict[int, _Entry] = {}  # by sequence offset, in order
         self.locks: dict[Key, int] = {}
         self.decisions: dict[int, _Decision] = {}
+        # Requests to sequence, gathered during a step and sent as one entry by end_step().
+        self._outgoing: list[tuple[CommandBatch, set[Key], bool]] = []
         # Requests waiting for locked keys, with their commands offsets.
         self.deferred: deque[tuple[int, CommandBatch]] = deque()
         self.expiring: set[int] = set()  # pending ids whose expiry is sequenced
@@ -383,13 +385,35 @@ class PartitionMachine:
     def _sequence(
         self, batch: CommandBatch, keys: Iterable[Key], ledger_wide: bool, now: int, out: Outbox
     ) -> None:
-        out.sequence.append(self._entry(keys, ledger_wide, now, request=batch))
+        self._outgoing.append((batch, set(keys), ledger_wide))
+
+    def end_step(self, out: Outbox) -> None:
+        """Sequence the requests this step gathered, coalesced: one entry (one round of facts
+        and applies) for many requests, up to a batch's worth of events per entry."""
+        pending, self._outgoing = self._outgoing, []
+        while pending:
+            requests: list[CommandBatch] = []
+            keys: set[Key] = set()
+            ledger_wide = False
+            events = 0
+            while pending:
+                batch, batch_keys, wide = pending[0]
+                size = len(batch.accounts) + len(batch.transfers) or 1
+                if requests and events + size > BATCH_EVENTS_MAX:
+                    break
+                pending.pop(0)
+                requests.append(batch)
+                keys |= batch_keys
+                ledger_wide |= wide
+                events += size
+            entry = self._entry(keys, ledger_wide, request=requests[0])
+            entry.batched = requests[1:]
+            out.sequence.append(entry)
 
     def _entry(
         self,
         keys: Iterable[Key],
         ledger_wide: bool,
-        now: int,
         request: CommandBatch | None = None,
         expire: ExpireRequest | None = None,
     ) -> SequencedEntry:
@@ -498,11 +522,16 @@ class PartitionMachine:
             if entry.expire is not None:
                 outcome = self.rules.expire_pending(scope, entry.expire.now, base)
                 next_timestamp = outcome.next_timestamp
-                results: list[ResultEntry] = []
                 events = outcome.events
             else:
-                assert entry.request is not None
-                results, events, next_timestamp = self._run(entry.request, scope, base)
+                # The entry's requests in order, each seeing the ones before it.
+                answers: list[tuple[CommandBatch, list[ResultEntry]]] = []
+                events = []
+                next_timestamp = base
+                for request in entry.requests:
+                    results, decided, next_timestamp = self._run(request, scope, next_timestamp)
+                    answers.append((request, results))
+                    events.extend(decided)
         except MissingKey as missing:
             kind, key_id = missing.key
             retry = replace(
@@ -519,16 +548,18 @@ class PartitionMachine:
             self._release_and_retry(offset, decision, retry, out)
             return
         except BatchTooLarge as too_large:  # refused on arrival already; kept for safety
-            assert entry.request is not None
-            out.results.append(_rejection(entry.request, str(too_large)))
+            for request in entry.requests:
+                out.results.append(_rejection(request, str(too_large)))
             events = []
         else:
             self.last_timestamp = max(self.last_timestamp, next_timestamp - TIMESTAMP_STEP)
-            if entry.request is not None:
-                answer = _answer(entry.request, results)
-                answer.sequence = offset
-                answer.participants = sorted(decision.participants)
-                out.results.append(answer)
+            if entry.expire is None:
+                participants = sorted(decision.participants)
+                for request, results in answers:
+                    answer = _answer(request, results)
+                    answer.sequence = offset
+                    answer.participants = participants
+                    out.results.append(answer)
         if entry.expire is not None:
             self.expiring.difference_update(entry.expire.transfer_ids)
         decided_at = self.last_timestamp
@@ -599,17 +630,16 @@ class PartitionMachine:
             self.last_timestamp = max(self.last_timestamp, outcome.next_timestamp - TIMESTAMP_STEP)
         if remote:
             self.expiring.update(remote)
-            out.sequence.append(self._entry(keys, False, now, expire=ExpireRequest(remote, now)))
+            out.sequence.append(self._entry(keys, False, expire=ExpireRequest(remote, now)))
 
 
 def _imported_timestamps(entry: SequencedEntry) -> list[int]:
-    request = entry.request
-    if request is None:
-        return []
-    items = (
-        request.accounts if request.operation is Operation.CREATE_ACCOUNTS else request.transfers
-    )
-    return [item.timestamp for item in items if item.timestamp]
+    stamps: list[int] = []
+    for request in entry.requests:
+        accounts = request.operation is Operation.CREATE_ACCOUNTS
+        items = request.accounts if accounts else request.transfers
+        stamps.extend(item.timestamp for item in items if item.timestamp)
+    return stamps
 
 
 def _answer(batch: CommandBatch, results: list[ResultEntry]) -> ResultBatch:

@@ -243,7 +243,9 @@ class ProcessorService:
             self._last_tick = time.monotonic()
             for partition in self.partitions.values():
                 partition.machine.on_tick(partition.now(now), partition.out)
-                partition.touched |= bool(partition.out)
+        for partition in self.partitions.values():
+            partition.machine.end_step(partition.out)  # sequence what the step gathered
+            partition.touched |= bool(partition.out)
         self._commit()
 
     def _on_command(self, message: Message, now: int) -> None:

@@ -931,6 +931,7 @@ def _enc_sequenced(s: SequencedEntry) -> dict[str, Any]:
     datum["account_ids"] = _enc_ids(s.account_ids, "account_ids")
     datum["transfer_ids"] = _enc_ids(s.transfer_ids, "transfer_ids")
     datum["request"] = _enc_optional(s.request, CommandBatch, _enc_command_batch, "request")
+    datum["batched"] = _enc_records(s.batched, CommandBatch, _enc_command_batch, "batched")
     datum["expire"] = _enc_optional(s.expire, ExpireRequest, _enc_expire, "expire")
     return datum
 
@@ -941,6 +942,7 @@ def _dec_sequenced(d: dict[str, Any]) -> SequencedEntry:
         account_ids=_dec_ids(d["account_ids"], "account_ids"),
         transfer_ids=_dec_ids(d["transfer_ids"], "transfer_ids"),
         request=_dec_optional(d["request"], _dec_command_batch, "request"),
+        batched=_dec_list(_dec_command_batch, d["batched"], "batched", LIST_MAX),
         expire=_dec_optional(d["expire"], _dec_expire, "expire"),
     )
 

@@ -121,6 +121,13 @@ class SequencedEntry:
     all_partitions: bool  # imported events read ledger-wide facts
     request: CommandBatch | None = None
     expire: ExpireRequest | None = None
+    # More requests of the same home, decided right after `request`, in order: requests that
+    # arrive together share one round of facts and applies.
+    batched: list[CommandBatch] = field(default_factory=list)
+
+    @property
+    def requests(self) -> list[CommandBatch]:
+        return ([self.request] if self.request is not None else []) + self.batched
 
 
 @dataclass(slots=True)

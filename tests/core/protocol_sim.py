@@ -142,7 +142,12 @@ class SimNetwork:
                     break
                 partition = self.rng.choice(ready)
                 out = Outbox()
-                self._deliver(partition, out)
+                # Like a service poll: a few messages, then the step ends (requests that must be
+                # sequenced are coalesced into one entry).
+                for _ in range(self.rng.choice((1, 1, 2, 4))):
+                    if not self._deliver(partition, out):
+                        break
+                self.machines[partition].end_step(out)
                 self._collect(partition, out)
                 if self.restart_probability and self.rng.random() < self.restart_probability:
                     self.restart(partition)
@@ -153,6 +158,7 @@ class SimNetwork:
             for partition, machine in enumerate(self.machines):
                 out = Outbox()
                 machine.on_tick(self.now, out)
+                machine.end_step(out)
                 if out:
                     progressed = True
                 self._collect(partition, out)
