@@ -112,6 +112,10 @@ class _Partition:
     out: Outbox = field(default_factory=Outbox)
     touched: bool = False
     checkpoint: bytes = b""  # the one written in the current transaction
+    # Malformed messages of the current step: (value, key, headers) for the dead-letter topic.
+    dead_letters: list[tuple[bytes, bytes | None, list[tuple[str, str | bytes | None]]]] = field(
+        default_factory=list
+    )
     # With LEDGER_ALLOW_CLOCK_CONTROL=1, the first clock message stops the wall clock for this
     # partition: from then on time moves only by clock messages, as in TigerBeetle's test
     # tables. Not persisted: a restart is back on the wall clock.
@@ -281,25 +285,23 @@ class ProcessorService:
                 request = decode_command_batch(value)
                 machine.on_request(request, partition.now(now), out, offset)
         except DecodeError as problem:
-            self._dead_letter(message, str(problem))
+            self._dead_letter(partition, message, str(problem))
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        """A malformed message is kept with its reason; the submitter hears of it when its
-        headers name it."""
+    def _dead_letter(self, partition: _Partition, message: Message, reason: str) -> None:
+        """A malformed message is kept with its reason, and the submitter hears of it when its
+        headers name it: both in this step's transaction, with the offset that skips it."""
         log.warning(
             "dead letter %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), reason,
         )  # fmt: skip
         headers = _headers(message)
-        self.producer.produce(
-            self.topics.dead_letters,
-            value=message.value(),
-            key=message.key(),
-            headers=[
-                ("reason", reason.encode()),
-                ("source", f"{message.topic()}[{message.partition()}]@{message.offset()}".encode()),
-                *[(name, value) for name, value in headers.items()],
-            ],
+        source = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        partition.dead_letters.append(
+            (
+                message.value() or b"",
+                message.key(),
+                [("reason", reason.encode()), ("source", source.encode()), *headers.items()],
+            )
         )
         submitter = headers.get("submitter")
         request_id = headers.get("request-id")
@@ -312,9 +314,9 @@ class ProcessorService:
                     [],
                     rejection=f"malformed request: {reason}",
                 )
-                self._produce_result(rejection)
             except (ValueError, UnicodeDecodeError):
-                pass  # headers as garbled as the body: the dead letter is all we can keep
+                return  # headers as garbled as the body: the dead letter is all we can keep
+            partition.out.results.append(rejection)
 
     def _read_sequence(self) -> list[tuple[int, Any]]:
         if not self.partitions:
@@ -372,6 +374,7 @@ class ProcessorService:
                 }
             )
             partition.out = Outbox()
+            partition.dead_letters = []
             partition.touched = False
 
     def _produce_outbox(self, partition: _Partition) -> None:
@@ -392,6 +395,8 @@ class ProcessorService:
                 partition=partition.index,
                 on_delivery=self._on_events_delivered,
             )
+        for value, key, headers in partition.dead_letters:
+            produce(topics.dead_letters, value=value, key=key, headers=headers)
         for result in out.results:
             self._produce_result(result)
         for target, message in out.messages:

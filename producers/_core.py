@@ -313,6 +313,12 @@ class ClientCore:
                     key=key,
                     partition=partition,
                     on_delivery=on_delivery,
+                    # Who waits, outside the body: a processor that cannot decode the body
+                    # can still send this request a rejection.
+                    headers=[
+                        ("submitter", handle.batch.submitter.encode()),
+                        ("request-id", str(handle.batch.request_id).encode()),
+                    ],
                 )
                 return
             except BufferError:
