@@ -14,13 +14,11 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -39,7 +37,7 @@ from processors.partition import (
     Payload,
     checkpoint_messages,
 )
-from processors.setup import MESSAGE_BYTES_MAX
+from processors.setup import MESSAGE_BYTES_MAX, last_committed, read_committed
 from processors.store import PartitionStore, RocksLedgerState
 from schemas.codec import (
     DecodeError,
@@ -490,14 +488,14 @@ class ProcessorService:
         raw_offset = state.get_meta(_META_EVENTS_OFFSET)
         events_offset = int(raw_offset.decode()) if raw_offset else -1
         folded = 0
-        for message in self._read_partition(self.topics.events, index, events_offset + 1):
+        for message in read_committed(
+            self.config.bootstrap, self.topics.events, index, events_offset + 1
+        ):
             for event in decode_event_batch(message.value() or b"").events:
                 apply_event(state, event, ownership)
                 folded += 1
             _, events_offset = _position(message)
-        latest = None
-        for message in self._read_partition(self.topics.processor_log, index, None):
-            latest = message
+        latest = last_committed(self.config.bootstrap, self.topics.processor_log, index)
         machine = PartitionMachine(index, self.config.partitions, state, self.config.ledger)
         commands_next = 0
         if latest is not None:
@@ -528,7 +526,7 @@ class ProcessorService:
             wanted = {offset for key_kind, offset in keys if key_kind == kind}
             if not wanted:
                 continue
-            for message in self._read_partition(topic, partition, min(wanted)):
+            for message in read_committed(self.config.bootstrap, topic, partition, min(wanted)):
                 _, offset = _position(message)
                 if offset in wanted:
                     found[(kind, offset)] = self._decode_held(kind, message)
@@ -547,36 +545,3 @@ class ProcessorService:
         if header == KIND_APPLY:
             return decode_apply(value)
         return decode_command_batch(value)
-
-    def _read_partition(self, topic: str, index: int, start: int | None) -> Iterator[Message]:
-        """Committed messages of one partition from `start` (None: the last few) to its end."""
-        reader = Consumer(
-            {
-                "bootstrap.servers": self.config.bootstrap,
-                "group.id": f"{self.topics.prefix}recovery-{self.config.instance}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
-        try:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, index), timeout=30)
-            if start is None:
-                start = max(low, high - 64)  # the last checkpoint is among the last offsets
-            if start >= high:
-                return
-            reader.assign([TopicPartition(topic, index, max(start, low) or OFFSET_BEGINNING)])
-            while True:
-                done = False
-                for message in reader.consume(10_000, 1.0):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            done = True
-                            continue
-                        raise KafkaException(error)
-                    yield message
-                if done:
-                    return
-        finally:
-            reader.close()

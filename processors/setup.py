@@ -1,17 +1,33 @@
-"""Creating the ledger's topics (docs/PIPELINE.md, "Topics")."""
+"""The ledger's topics (docs/PIPELINE.md, "Topics"): creating them, and reading a partition's
+committed messages back (recovery, the clock control, tests)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
 
 from schemas.topics import Topics
 
-__all__ = ["MESSAGE_BYTES_MAX", "TopicsError", "ensure_topics", "partition_count"]
+__all__ = [
+    "MESSAGE_BYTES_MAX",
+    "TopicsError",
+    "ensure_topics",
+    "last_committed",
+    "partition_count",
+    "read_committed",
+]
 
 # A full batch (8,189 events) is about 1 MiB of Avro, and an events batch of it 2.5 MiB.
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024
@@ -84,3 +100,54 @@ def ensure_topics(
             )
         counts[name] = found
     return counts
+
+
+# Transaction markers take offsets, so the last committed record is among the last few offsets
+# of a partition, not at its high watermark.
+_TAIL_OFFSETS = 64
+
+
+def read_committed(
+    bootstrap: str, topic: str, partition: int, start: int | None = 0
+) -> Iterator[Message]:
+    """The committed messages of one partition from offset `start` (None: only its last few
+    offsets) to its end as of now."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "ledger-reader",  # assign() only: nothing is ever committed
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        if start is None:
+            start = high - _TAIL_OFFSETS
+        start = max(start, low)
+        if start >= high:
+            return
+        reader.assign([TopicPartition(topic, partition, start or OFFSET_BEGINNING)])
+        while True:
+            done = False
+            for message in reader.consume(10_000, 1.0):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise KafkaException(error)
+                yield message
+            if done:
+                return
+    finally:
+        reader.close()
+
+
+def last_committed(bootstrap: str, topic: str, partition: int) -> Message | None:
+    """The last committed message of a partition, or None."""
+    last = None
+    for message in read_committed(bootstrap, topic, partition, None):
+        last = message
+    return last

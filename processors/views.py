@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 
 from processors.ledger import PartitionOwnership
-from processors.ledger.state import LedgerState
+from processors.ledger.state import LedgerState, ReadOnlyState
 from schemas import Account, PendingStatus, Transfer
 from schemas.messages import Facts
 
@@ -46,15 +46,7 @@ class LockedKey(Exception):
         self.key = key
 
 
-class _ReadOnly:
-    def _read_only(self, *_: object) -> None:
-        raise TypeError("decisions write into a Scope, never into a view")
-
-    put_account = set_balances = put_transfer = set_pending_status = _read_only
-    add_expiry = remove_expiry = put_failed = set_settlement = _read_only
-
-
-class LocalView(_ReadOnly):
+class LocalView(ReadOnlyState):
     """A partition's own state, as far as it may decide alone."""
 
     def __init__(
@@ -130,7 +122,7 @@ class LocalView(_ReadOnly):
         return (entry for entry in due if entry[2] in chosen)
 
 
-class FactsView(_ReadOnly):
+class FactsView(ReadOnlyState):
     """The facts of every participant of one sequenced entry, merged."""
 
     def __init__(self, facts: Iterable[Facts], expire_ids: Collection[int] = ()) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from processors.ledger.config import LedgerConfig
 from processors.ledger.fold import apply_event
 from processors.ledger.reference import SequentialLedger
-from processors.ledger.state import LedgerState, MemoryState, Scope
+from processors.ledger.state import LedgerState, MemoryState, ReadOnlyState, Scope
 from schemas import (
     Account,
     AccountChanged,
@@ -58,7 +58,7 @@ class PartitionOwnership:
         return partition_of(transfer_id, self.partitions) == self.index
 
 
-class OwnerRoutedView:
+class OwnerRoutedView(ReadOnlyState):
     """Read-only LedgerState whose every read is answered by the owner of the key."""
 
     def __init__(self, owners: Sequence[MemoryState]) -> None:
@@ -99,12 +99,6 @@ class OwnerRoutedView:
     def expiring(self, now: int) -> Iterator[tuple[int, int, int]]:
         # Each owner knows the deadlines of the pending transfers it owns.
         return heapq.merge(*(owner.expiring(now) for owner in self.owners))
-
-    def _read_only(self, *_: object) -> None:
-        raise TypeError("decisions write into a Scope; owners change only by folding events")
-
-    put_account = set_balances = put_transfer = set_pending_status = _read_only
-    add_expiry = remove_expiry = put_failed = set_settlement = _read_only
 
 
 class PartitionedLedger(SequentialLedger):

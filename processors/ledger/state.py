@@ -14,7 +14,14 @@ from typing import Protocol
 
 from schemas import Account, Balances, PendingStatus, Transfer
 
-__all__ = ["TIMESTAMP_ACCOUNT", "TIMESTAMP_TRANSFER", "LedgerState", "MemoryState", "Scope"]
+__all__ = [
+    "TIMESTAMP_ACCOUNT",
+    "TIMESTAMP_TRANSFER",
+    "LedgerState",
+    "MemoryState",
+    "ReadOnlyState",
+    "Scope",
+]
 
 # What kind of object holds a timestamp (imported events must not reuse another kind's).
 TIMESTAMP_ACCOUNT = 1
@@ -44,6 +51,17 @@ class LedgerState(Protocol):
     def remove_expiry(self, transfer_id: int) -> None: ...
     def put_failed(self, transfer_id: int, status: int) -> None: ...
     def set_settlement(self, account_id: int, transfer_id: int) -> None: ...
+
+
+class ReadOnlyState:
+    """Base of the views decisions read through: they write into a Scope above the view, and
+    owners change only by folding events, so every write method refuses."""
+
+    def _read_only(self, *_: object) -> None:
+        raise TypeError("decisions write into a Scope, never into a view")
+
+    put_account = set_balances = put_transfer = set_pending_status = _read_only
+    add_expiry = remove_expiry = put_failed = set_settlement = _read_only
 
 
 class MemoryState:

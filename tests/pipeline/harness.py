@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
 from processors.ledger import MemoryState, PartitionOwnership, apply_event
+from processors.setup import read_committed
 from schemas.codec import decode_event_batch
 from schemas.topics import Topics
 
@@ -82,32 +81,8 @@ def pipeline_env(bootstrap: str, prefix: str, partitions: int, data_dir: Path) -
 
 def read_partition(bootstrap: str, topic: str, partition: int) -> Iterator[bytes]:
     """Every committed message value of one partition, from the start to its current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "test-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        if high == 0:
-            return
-        consumer.assign([TopicPartition(topic, partition, 0)])
-        while True:
-            done = False
-            for message in consumer.consume(10_000, 1.0):
-                error = message.error()
-                if error is not None:
-                    done |= error.code() == KafkaError._PARTITION_EOF
-                    continue
-                yield message.value() or b""
-            if done:
-                return
-    finally:
-        consumer.close()
+    for message in read_committed(bootstrap, topic, partition, 0):
+        yield message.value() or b""
 
 
 def replay_events(bootstrap: str, topics: Topics, partitions: int) -> MemoryState:
