@@ -8,7 +8,7 @@ in the in-memory protocol simulation the tests drive.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -65,6 +65,7 @@ __all__ = [
     "Outbox",
     "PartitionMachine",
     "Payload",
+    "Peer",
     "align_to_lane",
     "checkpoint_messages",
     "request_keys",
@@ -82,6 +83,7 @@ SEQUENCE = "s"
 COMMANDS = "c"
 MessageKey = tuple[str, int]
 Payload = SequencedEntry | Apply | Facts | CommandBatch
+Peer = tuple["PartitionMachine", "Outbox"]
 T = TypeVar("T")
 
 
@@ -102,6 +104,10 @@ class Outbox:
     # message says so, and read-your-writes waits for it (ResultBatch.sequence).
     applied_sequence: int = -1
 
+    # A peer's decision moved this partition's clock (Lamport) without events here: the
+    # checkpoint must still be written.
+    touched: bool = False
+
     def __bool__(self) -> bool:
         return bool(
             self.events
@@ -109,7 +115,17 @@ class Outbox:
             or self.messages
             or self.sequence
             or self.applied_sequence >= 0
+            or self.touched
         )
+
+    def clear(self) -> None:
+        """Empty it once its transaction committed (peers hold on to this object)."""
+        self.events = []
+        self.results = []
+        self.messages = []
+        self.sequence = []
+        self.applied_sequence = -1
+        self.touched = False
 
 
 def request_keys(batch: CommandBatch) -> tuple[set[int], set[int], bool]:
@@ -207,6 +223,22 @@ class PartitionMachine:
         # Requests waiting for locked keys, with their commands offsets.
         self.deferred: deque[tuple[int, CommandBatch]] = deque()
         self.expiring: set[int] = set()  # pending ids whose expiry is sequenced
+        # The machines of the partitions the same process owns (this one included), each with
+        # the outbox its current step writes: a request whose keys they all own is decided at
+        # once over their states, with no sequencing (`join`). Empty: this partition alone.
+        self.peers: Mapping[int, Peer] = {}
+
+    def join(self, peers: Mapping[int, Peer]) -> None:
+        """Decide together with the machines of the same process, whose outboxes are committed
+        in the same transaction as this one's."""
+        assert self.partition in peers
+        self.peers = peers
+
+    def _owners(self) -> dict[int, tuple[LedgerState, Collection[Key]]]:
+        """What a decision here may read: each peer's state and the keys it holds locked."""
+        if not self.peers:
+            return {self.partition: (self.state, self.locks)}
+        return {index: (machine.state, machine.locks) for index, (machine, _) in self.peers.items()}
 
     # ------------------------------------------------------------------------------------------
     # Persistence of the protocol state (the ledger state persists through its LedgerState)
@@ -328,17 +360,28 @@ class PartitionMachine:
     # Requests decided here alone, or sequenced
 
     def _try_request(self, batch: CommandBatch, now: int, out: Outbox) -> bool:
-        """Decide or sequence the request; False if it must wait for locked keys."""
+        """Decide or sequence the request; False if it must wait for locked keys.
+
+        Decided here when this process owns every key it reads: over this partition's state
+        alone (the direct path), or over the states of the peers it reads (the co-located
+        path: the events are folded at, and logged to, each owner; one transaction commits
+        them all). Otherwise it is sequenced."""
         accounts, transfers, ledger_wide = request_keys(batch)
         keys = {(ACCOUNT, a) for a in accounts} | {(TRANSFER, t) for t in transfers}
-        if (ledger_wide and self.partitions > 1) or not all(self._owns(key) for key in keys):
+        owners = self._owners()
+        partitions = self.partitions
+        key_owners = [partition_of(key[1], partitions) for key in keys]
+        if (ledger_wide and partitions > 1) or not all(index in owners for index in key_owners):
             self._sequence(batch, keys, ledger_wide, now, out)
             return True
-        if any(key in self.locks for key in keys):
+        if any(key in owners[index][1] for key, index in zip(keys, key_owners, strict=True)):
             return False
         self.now = max(self.now, now)
-        base = self._next_base()
-        view = LocalView(self.state, self.ownership, self.locks)
+        # After everything any peer assigned or folded: whatever it reads is timed after it.
+        base = self._next_base(
+            after=max(m.last_timestamp for m, _ in self.peers.values()) if self.peers else 0
+        )
+        view = LocalView(owners, partitions)
         scope = Scope(view)
         try:
             results, events, next_timestamp = self._run(batch, scope, base)
@@ -348,11 +391,31 @@ class PartitionMachine:
             known = view.read | keys | {missing.key}
             self._sequence(batch, known, ledger_wide or missing.key[0] == LEDGER_WIDE, now, out)
             return True
-        scope.merge(self.state)
-        out.events.extend(events)
+        decided = next_timestamp - TIMESTAMP_STEP
+        if view.partitions_read <= {self.partition}:
+            scope.merge(self.state)
+            out.events.extend(events)
+        else:
+            self._fold_at_peers(events, view.partitions_read, decided)
         out.results.append(_answer(batch, results))
-        self.last_timestamp = max(self.last_timestamp, next_timestamp - TIMESTAMP_STEP)
+        self.last_timestamp = max(self.last_timestamp, decided)
         return True
+
+    def _fold_at_peers(self, events: list[Event], read: set[int], decided: int) -> None:
+        """A co-located decision: each event folded at, and logged to, the peers owning the keys
+        it writes; every peer it read or wrote is past its time (Lamport)."""
+        peers = self.peers
+        touched = set(read)
+        for event in events:
+            for index in event_owners(event, self.partitions):
+                machine, out = peers[index]  # it writes only keys it read: all owned here
+                apply_event(machine.state, event, machine.ownership)
+                out.events.append(event)
+                touched.add(index)
+        for index in touched:
+            machine, out = peers[index]
+            machine.last_timestamp = max(machine.last_timestamp, decided)
+            out.touched = True
 
     def _run(
         self, batch: CommandBatch, state: LedgerState, base: int
@@ -599,7 +662,11 @@ class PartitionMachine:
             applied = True
         if applied:
             self._admit(out)
-            self._retry_deferred(self.now, out)  # keys were unlocked
+            # Keys were unlocked: requests waiting for them, here or at a peer, may go now.
+            self._retry_deferred(self.now, out)
+            for index, (machine, peer_out) in self.peers.items():
+                if index != self.partition:
+                    machine._retry_deferred(machine.now, peer_out)
 
     # ------------------------------------------------------------------------------------------
     # Expiry
@@ -622,7 +689,9 @@ class PartitionMachine:
                 keys |= accounts | {(TRANSFER, transfer_id)}
         if local:
             self.now = max(self.now, now)
-            view = LocalView(self.state, self.ownership, self.locks, expiring_ids=local)
+            view = LocalView(
+                {self.partition: (self.state, self.locks)}, self.partitions, expiring_ids=local
+            )
             scope = Scope(view)
             outcome = self.rules.expire_pending(scope, now, self._next_base())
             scope.merge(self.state)

@@ -371,7 +371,7 @@ class ProcessorService:
                     _META_CHECKPOINT: partition.checkpoint,
                 }
             )
-            partition.out = Outbox()
+            partition.out.clear()  # the peers' machines hold on to this outbox
             partition.dead_letters = []
             partition.touched = False
 
@@ -472,11 +472,20 @@ class ProcessorService:
                 partition.state.discard()
                 partition.store.close()
         self._sequence_position = None
+        self._join_peers()
 
     def _recover(self, indexes: list[int]) -> None:
         for index in indexes:
             if index not in self.partitions:
                 self.partitions[index] = self._recover_partition(index)
+        self._join_peers()
+
+    def _join_peers(self) -> None:
+        """The partitions owned here decide together what touches only them: one transaction
+        commits all their outboxes (the co-located path of docs/PIPELINE.md)."""
+        peers = {index: (p.machine, p.out) for index, p in self.partitions.items()}
+        for partition in self.partitions.values():
+            partition.machine.join(peers)
 
     def _recover_partition(self, index: int) -> _Partition:
         started = time.monotonic()

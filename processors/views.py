@@ -1,7 +1,7 @@
 """Read-only views the processors decide over (docs/PIPELINE.md).
 
-`LocalView` is a partition's own state, refusing keys the partition does not own (the request
-must be sequenced) or that an open sequenced entry holds locked (the request must wait).
+`LocalView` is the state of the partitions one process owns, refusing keys owned elsewhere (the
+request must be sequenced) or that an open sequenced entry holds locked (the request must wait).
 `FactsView` is the union of the facts the participants of a sequenced entry sent; a read outside
 them means the entry needs more keys. Either refusal is an exception that aborts the decision
 before anything is written, and records which key was wanted.
@@ -9,12 +9,13 @@ before anything is written, and records which key was wanted.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+import heapq
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
-from processors.ledger import PartitionOwnership
 from processors.ledger.state import LedgerState, ReadOnlyState
 from schemas import Account, PendingStatus, Transfer
 from schemas.messages import Facts
+from schemas.partitioning import partition_of
 
 __all__ = [
     "ACCOUNT",
@@ -47,75 +48,67 @@ class LockedKey(Exception):
 
 
 class LocalView(ReadOnlyState):
-    """A partition's own state, as far as it may decide alone."""
+    """The states of the partitions this process owns, as far as it may decide without the
+    sequence: a key owned by a partition of another process raises MissingKey (the request must
+    be sequenced), a key an open sequenced entry holds locked raises LockedKey (it must wait)."""
 
     def __init__(
         self,
-        state: LedgerState,
-        ownership: PartitionOwnership,
-        locked: Collection[Key],
+        owners: Mapping[int, tuple[LedgerState, Collection[Key]]],
+        partitions: int,
         expiring_ids: Collection[int] | None = None,
     ) -> None:
-        self.state = state
-        self.ownership = ownership
-        self.locked = locked
+        self.owners = owners  # partition -> (its state, its locked keys)
+        self.partitions = partitions
         self.expiring_ids = expiring_ids
         self.read: set[Key] = set()  # keys read, for sequencing the request if it must be
+        self.partitions_read: set[int] = set()
 
-    def _account(self, account_id: int) -> None:
-        key = (ACCOUNT, account_id)
+    def _owner(self, key: Key) -> LedgerState:
         self.read.add(key)
-        if not self.ownership.owns_account(account_id):
+        index = partition_of(key[1], self.partitions)
+        owner = self.owners.get(index)
+        if owner is None:
             raise MissingKey(key)
-        if key in self.locked:
+        state, locked = owner
+        if key in locked:
             raise LockedKey(key)
-
-    def _transfer(self, transfer_id: int) -> None:
-        key = (TRANSFER, transfer_id)
-        self.read.add(key)
-        if not self.ownership.owns_transfer(transfer_id):
-            raise MissingKey(key)
-        if key in self.locked:
-            raise LockedKey(key)
+        self.partitions_read.add(index)
+        return state
 
     def _ledger_wide(self) -> None:
-        if self.ownership.partitions > 1:
+        if self.partitions > 1:
             raise MissingKey((LEDGER_WIDE, 0))
 
     def get_account(self, account_id: int) -> Account | None:
-        self._account(account_id)
-        return self.state.get_account(account_id)
+        return self._owner((ACCOUNT, account_id)).get_account(account_id)
 
     def get_settlement(self, account_id: int) -> int:
-        self._account(account_id)
-        return self.state.get_settlement(account_id)
+        return self._owner((ACCOUNT, account_id)).get_settlement(account_id)
 
     def get_transfer(self, transfer_id: int) -> Transfer | None:
-        self._transfer(transfer_id)
-        return self.state.get_transfer(transfer_id)
+        return self._owner((TRANSFER, transfer_id)).get_transfer(transfer_id)
 
     def get_pending_status(self, transfer_id: int) -> PendingStatus:
-        self._transfer(transfer_id)
-        return self.state.get_pending_status(transfer_id)
+        return self._owner((TRANSFER, transfer_id)).get_pending_status(transfer_id)
 
     def get_failed(self, transfer_id: int) -> int:
-        self._transfer(transfer_id)
-        return self.state.get_failed(transfer_id)
+        return self._owner((TRANSFER, transfer_id)).get_failed(transfer_id)
 
     def timestamp_kind(self, timestamp: int) -> int:
         self._ledger_wide()
-        return self.state.timestamp_kind(timestamp)
+        return max(state.timestamp_kind(timestamp) for state, _ in self.owners.values())
 
     def max_account_timestamp(self) -> int:
         self._ledger_wide()
-        return self.state.max_account_timestamp()
+        return max(state.max_account_timestamp() for state, _ in self.owners.values())
 
     def max_transfer_timestamp(self) -> int:
         self._ledger_wide()
-        return self.state.max_transfer_timestamp()
+        return max(state.max_transfer_timestamp() for state, _ in self.owners.values())
 
     def expiring(self, now: int) -> Iterator[tuple[int, int, int]]:
-        due = self.state.expiring(now)
+        due = heapq.merge(*(state.expiring(now) for state, _ in self.owners.values()))
         if self.expiring_ids is None:
             return due
         chosen = self.expiring_ids

@@ -54,6 +54,12 @@ class SimNetwork:
     # state survives, as RocksDB does; only the in-memory protocol state is rebuilt).
     restart_probability: float = 0.0
     restarts: int = 0
+    # Partition p runs in process p % processes, with the others of its process as peers (a
+    # step commits all their outboxes); 0: one process per partition.
+    processes: int = 0
+    # Each process's clock runs ahead by its own amount, up to this, as clocks of different
+    # machines do: timestamps must follow causality (Lamport), not clocks.
+    clock_skew_max_ns: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -65,6 +71,25 @@ class SimNetwork:
         self.commands_read = [0] * self.partitions
         self.read = [0] * self.partitions
         self.logs = [[] for _ in range(self.partitions)]
+        self.outboxes = [Outbox() for _ in range(self.partitions)]
+        skews = [self.rng.randrange(0, self.clock_skew_max_ns + 1) for _ in range(self.partitions)]
+        self.skews = [skews[self._process(p)[0]] for p in range(self.partitions)]
+        for machine in self.machines:
+            self._join(machine)
+
+    def _process(self, partition: int) -> list[int]:
+        if not self.processes:
+            return [partition]
+        return [
+            p for p in range(self.partitions) if p % self.processes == partition % self.processes
+        ]
+
+    def _join(self, machine: PartitionMachine) -> None:
+        """(Re)build the peers of `machine`'s process, each with its persistent outbox."""
+        members = self._process(machine.partition)
+        peers = {p: (self.machines[p], self.outboxes[p]) for p in members}
+        for p in members:
+            self.machines[p].join(peers)
 
     # Submitting -----------------------------------------------------------------------------
 
@@ -111,7 +136,7 @@ class SimNetwork:
             self.commands_read[partition] += 1
             message = self.commands[partition][offset]
             if isinstance(message, CommandBatch):
-                machine.on_request(message, self.now, out, offset)
+                machine.on_request(message, self.now + self.skews[partition], out, offset)
             elif isinstance(message, Facts):
                 machine.on_facts(message, out, offset)
             else:
@@ -128,6 +153,18 @@ class SimNetwork:
             self.commands[target].append(message)
         self.sequence.extend(out.sequence)
 
+    def _end_step(self, partition: int) -> bool:
+        """End the step of `partition`'s process: commit every member's outbox (True if any
+        had something)."""
+        wrote = False
+        for p in self._process(partition):
+            out = self.outboxes[p]
+            self.machines[p].end_step(out)
+            wrote |= bool(out)
+            self._collect(p, out)
+            out.clear()
+        return wrote
+
     def run(self, max_steps: int = 1_000_000) -> None:
         """Deliver everything, in random order, until nothing moves."""
         while True:
@@ -141,14 +178,13 @@ class SimNetwork:
                 if not ready:
                     break
                 partition = self.rng.choice(ready)
-                out = Outbox()
+                out = self.outboxes[partition]
                 # Like a service poll: a few messages, then the step ends (requests that must be
                 # sequenced are coalesced into one entry).
                 for _ in range(self.rng.choice((1, 1, 2, 4))):
                     if not self._deliver(partition, out):
                         break
-                self.machines[partition].end_step(out)
-                self._collect(partition, out)
+                self._end_step(partition)
                 if self.restart_probability and self.rng.random() < self.restart_probability:
                     self.restart(partition)
                 self.now += self.rng.randrange(100, 5_000)
@@ -156,12 +192,8 @@ class SimNetwork:
                 progressed = True
                 assert self.steps < max_steps, "the network does not settle"
             for partition, machine in enumerate(self.machines):
-                out = Outbox()
-                machine.on_tick(self.now, out)
-                machine.end_step(out)
-                if out:
-                    progressed = True
-                self._collect(partition, out)
+                machine.on_tick(self.now, self.outboxes[partition])
+                progressed |= self._end_step(partition)
             if not progressed:
                 return
 
@@ -178,6 +210,7 @@ class SimNetwork:
         machine = PartitionMachine(partition, self.partitions, self.states[partition])
         machine.restore(checkpoint, messages)
         self.machines[partition] = machine
+        self._join(machine)
         self.restarts += 1
 
     def advance(self, nanoseconds: int) -> None:
