@@ -71,6 +71,15 @@ class _Meter:
                 with contextlib.suppress(psutil.Error):  # gone: nothing more to measure
                     self.peak_rss_bytes = max(self.peak_rss_bytes, process.memory_info().rss)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the processor processes have used so far."""
+        total = 0.0
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
@@ -192,9 +201,25 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             _create_accounts(client, params.accounts)
             setup_s = time.monotonic() - started
             print(f"created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
+            # CPU per transfer: what the processors and the client cost, whatever else runs
+            # on the machine (the throughput figure depends on that too).
+            processors_cpu_s, own = meter.cpu_s(), psutil.Process().cpu_times()
             throughput = _throughput(client, params, rng)
+            done = max(1, int(throughput["throughput_transfers"]))
+            now = psutil.Process().cpu_times()
+            throughput["processor_cpu_us_per_transfer"] = round(
+                (meter.cpu_s() - processors_cpu_s) * 1e6 / done, 1
+            )
+            throughput["client_cpu_us_per_transfer"] = round(
+                (now.user + now.system - own.user - own.system) * 1e6 / done, 1
+            )
             print(f"throughput: {throughput}", file=sys.stderr)
+            processors_cpu_s = meter.cpu_s()
             latency = _latency(client, params, rng)
+            latency["processor_cpu_us_per_request"] = round(
+                (meter.cpu_s() - processors_cpu_s) * 1e6 / max(1, int(latency["latency_requests"])),
+                1,
+            )
             print(f"latency: {latency}", file=sys.stderr)
         meter.stop()
         return {

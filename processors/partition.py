@@ -28,7 +28,7 @@ from processors.views import (
     TRANSFER,
     FactsView,
     Key,
-    LocalView,
+    LocalStates,
     LockedKey,
     MissingKey,
 )
@@ -381,7 +381,7 @@ class PartitionMachine:
         base = self._next_base(
             after=max(m.last_timestamp for m, _ in self.peers.values()) if self.peers else 0
         )
-        view = LocalView(owners, partitions)
+        view = LocalStates(owners, partitions)
         scope = Scope(view)
         try:
             results, events, next_timestamp = self._run(batch, scope, base)
@@ -392,25 +392,24 @@ class PartitionMachine:
             self._sequence(batch, known, ledger_wide or missing.key[0] == LEDGER_WIDE, now, out)
             return True
         decided = next_timestamp - TIMESTAMP_STEP
+        scope.merge()  # each write to its key's owner
         if view.partitions_read <= {self.partition}:
-            scope.merge(self.state)
             out.events.extend(events)
         else:
-            self._fold_at_peers(events, view.partitions_read, decided)
+            self._log_at_peers(events, view.partitions_read, decided)
         out.results.append(_answer(batch, results))
         self.last_timestamp = max(self.last_timestamp, decided)
         return True
 
-    def _fold_at_peers(self, events: list[Event], read: set[int], decided: int) -> None:
-        """A co-located decision: each event folded at, and logged to, the peers owning the keys
-        it writes; every peer it read or wrote is past its time (Lamport)."""
+    def _log_at_peers(self, events: list[Event], read: set[int], decided: int) -> None:
+        """A co-located decision (its writes are merged into the owners' states): each event
+        logged to the peers owning the keys it writes, whose fold of it on recovery gives
+        those writes; every peer it read or wrote is past its time (Lamport)."""
         peers = self.peers
         touched = set(read)
         for event in events:
             for index in event_owners(event, self.partitions):
-                machine, out = peers[index]  # it writes only keys it read: all owned here
-                apply_event(machine.state, event, machine.ownership)
-                out.events.append(event)
+                peers[index][1].events.append(event)  # it writes only keys it read: owned here
                 touched.add(index)
         for index in touched:
             machine, out = peers[index]
@@ -689,12 +688,12 @@ class PartitionMachine:
                 keys |= accounts | {(TRANSFER, transfer_id)}
         if local:
             self.now = max(self.now, now)
-            view = LocalView(
+            view = LocalStates(
                 {self.partition: (self.state, self.locks)}, self.partitions, expiring_ids=local
             )
             scope = Scope(view)
             outcome = self.rules.expire_pending(scope, now, self._next_base())
-            scope.merge(self.state)
+            scope.merge()
             out.events.extend(outcome.events)
             self.last_timestamp = max(self.last_timestamp, outcome.next_timestamp - TIMESTAMP_STEP)
         if remote:

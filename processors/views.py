@@ -1,6 +1,6 @@
 """Read-only views the processors decide over (docs/PIPELINE.md).
 
-`LocalView` is the state of the partitions one process owns, refusing keys owned elsewhere (the
+`LocalStates` is the state of the partitions one process owns, refusing keys owned elsewhere (the
 request must be sequenced) or that an open sequenced entry holds locked (the request must wait).
 `FactsView` is the union of the facts the participants of a sequenced entry sent; a read outside
 them means the entry needs more keys. Either refusal is an exception that aborts the decision
@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from processors.ledger.state import LedgerState, ReadOnlyState
-from schemas import Account, PendingStatus, Transfer
+from schemas import Account, Balances, PendingStatus, Transfer
 from schemas.messages import Facts
 from schemas.partitioning import partition_of
 
@@ -23,7 +23,7 @@ __all__ = [
     "TRANSFER",
     "FactsView",
     "Key",
-    "LocalView",
+    "LocalStates",
     "LockedKey",
     "MissingKey",
 ]
@@ -47,10 +47,12 @@ class LockedKey(Exception):
         self.key = key
 
 
-class LocalView(ReadOnlyState):
+class LocalStates:
     """The states of the partitions this process owns, as far as it may decide without the
-    sequence: a key owned by a partition of another process raises MissingKey (the request must
-    be sequenced), a key an open sequenced entry holds locked raises LockedKey (it must wait)."""
+    sequence: a read of a key owned by a partition of another process raises MissingKey (the
+    request must be sequenced), of a key an open sequenced entry holds locked LockedKey (it must
+    wait). A decision writes into a Scope above this; the Scope's `merge()` then hands each
+    write to the owner of its key, as folding the decision's events at each owner would."""
 
     def __init__(
         self,
@@ -75,6 +77,10 @@ class LocalView(ReadOnlyState):
             raise LockedKey(key)
         self.partitions_read.add(index)
         return state
+
+    def _writer(self, key_id: int) -> LedgerState:
+        # Decisions write only keys they read, so the owner is here.
+        return self.owners[partition_of(key_id, self.partitions)][0]
 
     def _ledger_wide(self) -> None:
         if self.partitions > 1:
@@ -113,6 +119,30 @@ class LocalView(ReadOnlyState):
             return due
         chosen = self.expiring_ids
         return (entry for entry in due if entry[2] in chosen)
+
+    def put_account(self, account: Account) -> None:
+        self._writer(account.id).put_account(account)
+
+    def set_balances(self, balances: Balances) -> None:
+        self._writer(balances.account_id).set_balances(balances)
+
+    def put_transfer(self, transfer: Transfer) -> None:
+        self._writer(transfer.id).put_transfer(transfer)
+
+    def set_pending_status(self, transfer_id: int, status: PendingStatus) -> None:
+        self._writer(transfer_id).set_pending_status(transfer_id, status)
+
+    def add_expiry(self, expires_at: int, timestamp: int, transfer_id: int) -> None:
+        self._writer(transfer_id).add_expiry(expires_at, timestamp, transfer_id)
+
+    def remove_expiry(self, transfer_id: int) -> None:
+        self._writer(transfer_id).remove_expiry(transfer_id)
+
+    def put_failed(self, transfer_id: int, status: int) -> None:
+        self._writer(transfer_id).put_failed(transfer_id, status)
+
+    def set_settlement(self, account_id: int, transfer_id: int) -> None:
+        self._writer(account_id).set_settlement(account_id, transfer_id)
 
 
 class FactsView(ReadOnlyState):

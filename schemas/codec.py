@@ -71,6 +71,7 @@ __all__ = [
     "AvroCodec",
     "DecodeError",
     "EncodeError",
+    "EncodedEvents",
     "decode_apply",
     "decode_checkpoint",
     "decode_command_batch",
@@ -1200,6 +1201,10 @@ _I32_RANGE: Final = range(-(1 << 31), 1 << 31)
 _I64_RANGE: Final = range(_I64_MIN, _I64_MAX + 1)
 
 
+# Encoded events by id() of the event object, shared by the batches of one transaction.
+EncodedEvents = dict[int, bytes]
+
+
 class _NotFast(Exception):
     """The value is for the general path."""
 
@@ -1237,34 +1242,78 @@ def _fast_balances(b: Balances | None) -> bytes:
     ))  # fmt: skip
 
 
-def _fast_applied(e: Any) -> bytes:
-    if type(e) is not TransferApplied:
+def _fast_transfer(t: Any) -> bytes:
+    """A ledger.Transfer record."""
+    if type(t) is not Transfer:
         raise _NotFast
-    t = e.transfer
-    ud64, ts, dav, cav, ets = (
-        t.user_data_64, t.timestamp, t.debit_account_version, t.credit_account_version, e.timestamp
-    )  # fmt: skip
+    ud64, ts, dav, cav = (
+        t.user_data_64,
+        t.timestamp,
+        t.debit_account_version,
+        t.credit_account_version,
+    )
     ud32, timeout, ledger, code, flags = t.user_data_32, t.timeout, t.ledger, t.code, t.flags
-    if (
-        (ud64 | ts | dav | cav | ets) >> 64
-        or (ud32 | timeout | ledger) >> 32
-        or (code | flags) >> 16
-    ):
+    if (ud64 | ts | dav | cav) >> 64 or (ud32 | timeout | ledger) >> 32 or (code | flags) >> 16:
         raise _NotFast  # negative values too
     v = _varint
     return b"".join((
-        _APPLIED_PREFIX[e.kind],
         t.id.to_bytes(16, "big"), t.debit_account_id.to_bytes(16, "big"),
         t.credit_account_id.to_bytes(16, "big"), t.amount.to_bytes(16, "big"),
         t.pending_id.to_bytes(16, "big"), t.user_data_128.to_bytes(16, "big"),
         _varint_u64(ud64), v(ud32 << 1), v(timeout << 1), v(ledger << 1), v(code << 1),
         v(flags << 1), _varint_u64(ts), _varint_u64(dav), _varint_u64(cav),
-        e.released.to_bytes(16, "big"), _fast_balances(e.debit), _fast_balances(e.credit),
-        _varint_u64(ets),
     ))  # fmt: skip
 
 
-def _fast_write(header: bytes, layout: tuple[str, Any, Any], message: Any) -> bytes | None:
+def _fast_applied(e: Any) -> bytes:
+    if type(e) is not TransferApplied:
+        raise _NotFast
+    ets = e.timestamp
+    if ets >> 64:
+        raise _NotFast
+    return b"".join((
+        _APPLIED_PREFIX[e.kind], _fast_transfer(e.transfer), e.released.to_bytes(16, "big"),
+        _fast_balances(e.debit), _fast_balances(e.credit), _varint_u64(ets),
+    ))  # fmt: skip
+
+
+# CommandBatch of CREATE_TRANSFERS (what submitters send all day), by hand too: request id,
+# submitter, the operation's enum index 1, no accounts, the transfers, no account command, and
+# submitted_at_ns.
+_COMMAND_FINGERPRINT: Final = "5174bc4772e89049"
+_CREATE_TRANSFERS_INDEX: Final = 1 << 1  # zigzagged
+_EMPTY_ARRAY = _NULL_BRANCH = b"\x00"
+
+
+def _fast_command_write(header: bytes, batch: Any) -> bytes | None:
+    """The request's bytes, or None if it is not for the fast path."""
+    try:
+        transfers = batch.transfers
+        if (
+            batch.operation is not Operation.CREATE_TRANSFERS
+            or batch.accounts
+            or batch.account_command is not None
+            or type(transfers) is not list
+            or not 0 < len(transfers) <= BATCH_EVENTS_MAX
+            or type(batch.submitter) is not str
+            or type(batch.submitted_at_ns) is not int
+            or batch.submitted_at_ns >> 64
+        ):
+            return None
+        submitter = batch.submitter.encode()
+        return b"".join((
+            header, batch.request_id.to_bytes(16, "big"), _varint(len(submitter) << 1),
+            submitter, _VARINT_1[_CREATE_TRANSFERS_INDEX], _EMPTY_ARRAY,
+            _varint(len(transfers) << 1), *[_fast_transfer(t) for t in transfers], _EMPTY_ARRAY,
+            _NULL_BRANCH, _varint_u64(batch.submitted_at_ns),
+        ))  # fmt: skip
+    except (_NotFast, *_ENCODE_FAULTS):
+        return None
+
+
+def _fast_write(
+    header: bytes, layout: tuple[str, Any, Any], message: Any, memo: EncodedEvents | None = None
+) -> bytes | None:
     """The message's bytes, or None if it is not for the fast path."""
     _, before, after = layout
     try:
@@ -1275,7 +1324,15 @@ def _fast_write(header: bytes, layout: tuple[str, Any, Any], message: Any) -> by
         parts += [_fast_signed(getattr(message, name), kind) for name, kind in before]
         if events:
             parts.append(_varint(len(events) << 1))
-            parts += [_fast_applied(e) for e in events]
+            if memo is None:
+                parts += [_fast_applied(e) for e in events]
+            else:
+                for e in events:
+                    key = id(e)
+                    encoded = memo.get(key)
+                    if encoded is None:
+                        encoded = memo[key] = _fast_applied(e)
+                    parts.append(encoded)
         parts.append(b"\x00")
         parts += [_fast_signed(getattr(message, name), kind) for name, kind in after]
         return b"".join(parts)
@@ -1341,6 +1398,74 @@ def _read_signed(data: bytes, p: int, kind: str) -> tuple[int, int]:
     return value, p
 
 
+def _read_transfer(data: bytes, p: int) -> tuple[Transfer, int, int, int]:
+    """The ledger.Transfer at `p`: (it, the position after it, and where its timestamp's bytes
+    start and end)."""
+    fb, read, mask, u64 = int.from_bytes, _read_varint, U128_MAX, _U64_MASK
+    # id .. user_data_128: six ledger.u128. A slice cut short by the end of the data leaves
+    # p past it: the next read raises IndexError, or the final length check fails.
+    x = fb(data[p : p + 96], "big")
+    p += 96
+    # user_data_64, user_data_32, timeout, ledger, code, flags, timestamp, both versions.
+    n0 = data[p]
+    if n0 < 128:
+        p += 1
+    else:
+        n0, p = read(data, p)
+    n1 = data[p]
+    if n1 < 128:
+        p += 1
+    else:
+        n1, p = read(data, p)
+    n2 = data[p]
+    if n2 < 128:
+        p += 1
+    else:
+        n2, p = read(data, p)
+    n3 = data[p]
+    if n3 < 128:
+        p += 1
+    else:
+        n3, p = read(data, p)
+    n4 = data[p]
+    if n4 < 128:
+        p += 1
+    else:
+        n4, p = read(data, p)
+    n5 = data[p]
+    if n5 < 128:
+        p += 1
+    else:
+        n5, p = read(data, p)
+    ts_at = p
+    n6 = data[p]
+    if n6 < 128:
+        p += 1
+    else:
+        n6, p = read(data, p)
+    ts_end = p
+    n7 = data[p]
+    if n7 < 128:
+        p += 1
+    else:
+        n7, p = read(data, p)
+    n8 = data[p]
+    if n8 < 128:
+        p += 1
+    else:
+        n8, p = read(data, p)
+    u32s, u16s = n1 | n2 | n3, n4 | n5
+    if (u32s | u16s) & 1 or u32s >> 33 or u16s >> 17:
+        raise _NotFast  # negative or out of range: the slow path names the field
+    transfer = Transfer(
+        x >> 640, (x >> 512) & mask, (x >> 384) & mask, (x >> 256) & mask,
+        (x >> 128) & mask, x & mask, ((n0 >> 1) ^ -(n0 & 1)) & u64, n1 >> 1, n2 >> 1,
+        n3 >> 1, n4 >> 1, n5 >> 1, ((n6 >> 1) ^ -(n6 & 1)) & u64,
+        ((n7 >> 1) ^ -(n7 & 1)) & u64, ((n8 >> 1) ^ -(n8 & 1)) & u64,
+    )  # fmt: skip
+    return transfer, p, ts_at, ts_end
+
+
 def _read_applied(data: bytes, p: int, count: int, out: list[Event]) -> int:
     """Appends `count` TransferApplied read at `p`; returns the position after them."""
     fb, read, mask, u64 = int.from_bytes, _read_varint, U128_MAX, _U64_MASK
@@ -1349,67 +1474,7 @@ def _read_applied(data: bytes, p: int, count: int, out: list[Event]) -> int:
         if data[p] != _APPLIED_BRANCH:
             raise _NotFast
         kind = kinds[data[p + 1]]
-        # id .. user_data_128: six ledger.u128. A slice cut short by the end of the data leaves
-        # p past it: the next read raises IndexError, or the final length check fails.
-        x = fb(data[p + 2 : p + 98], "big")
-        p += 98
-        # user_data_64, user_data_32, timeout, ledger, code, flags, timestamp, both versions.
-        n0 = data[p]
-        if n0 < 128:
-            p += 1
-        else:
-            n0, p = read(data, p)
-        n1 = data[p]
-        if n1 < 128:
-            p += 1
-        else:
-            n1, p = read(data, p)
-        n2 = data[p]
-        if n2 < 128:
-            p += 1
-        else:
-            n2, p = read(data, p)
-        n3 = data[p]
-        if n3 < 128:
-            p += 1
-        else:
-            n3, p = read(data, p)
-        n4 = data[p]
-        if n4 < 128:
-            p += 1
-        else:
-            n4, p = read(data, p)
-        n5 = data[p]
-        if n5 < 128:
-            p += 1
-        else:
-            n5, p = read(data, p)
-        ts_at = p
-        n6 = data[p]
-        if n6 < 128:
-            p += 1
-        else:
-            n6, p = read(data, p)
-        ts_end = p
-        n7 = data[p]
-        if n7 < 128:
-            p += 1
-        else:
-            n7, p = read(data, p)
-        n8 = data[p]
-        if n8 < 128:
-            p += 1
-        else:
-            n8, p = read(data, p)
-        u32s, u16s = n1 | n2 | n3, n4 | n5
-        if (u32s | u16s) & 1 or u32s >> 33 or u16s >> 17:
-            raise _NotFast  # negative or out of range: the slow path names the field
-        transfer = Transfer(
-            x >> 640, (x >> 512) & mask, (x >> 384) & mask, (x >> 256) & mask,
-            (x >> 128) & mask, x & mask, ((n0 >> 1) ^ -(n0 & 1)) & u64, n1 >> 1, n2 >> 1,
-            n3 >> 1, n4 >> 1, n5 >> 1, ((n6 >> 1) ^ -(n6 & 1)) & u64,
-            ((n7 >> 1) ^ -(n7 & 1)) & u64, ((n8 >> 1) ^ -(n8 & 1)) & u64,
-        )  # fmt: skip
+        transfer, p, ts_at, ts_end = _read_transfer(data, p + 2)
         released = fb(data[p : p + 16], "big")
         p += 16
         branch = data[p]
@@ -1439,7 +1504,7 @@ def _read_applied(data: bytes, p: int, count: int, out: list[Event]) -> int:
         # The event's timestamp is usually the transfer's: the same bytes, the same value.
         size = ts_end - ts_at
         if data[p : p + size] == data[ts_at:ts_end]:
-            n = n6
+            ts = transfer.timestamp
             p += size
         else:
             n = data[p]
@@ -1447,7 +1512,7 @@ def _read_applied(data: bytes, p: int, count: int, out: list[Event]) -> int:
                 p += 1
             else:
                 n, p = read(data, p)
-        ts = ((n >> 1) ^ -(n & 1)) & u64
+            ts = ((n >> 1) ^ -(n & 1)) & u64
         append(TransferApplied(kind, transfer, released, debit, credit, ts))
     return p
 
@@ -1479,6 +1544,53 @@ def _fast_read(message: str, layout: tuple[str, Any, Any], data: bytes) -> Any:
             return None
         return _FAST_CLASSES[message](events=events, **fields)
     except Exception:  # _NotFast, IndexError (truncated), KeyError (enum index): any doubt
+        return None
+
+
+def _fast_command_read(data: bytes) -> CommandBatch | None:
+    """A CREATE_TRANSFERS request read from `data` (header checked by the caller), or None if
+    it is not for the fast path (anything else, or any doubt: fastavro decides)."""
+    try:
+        p = _HEADER_LEN
+        request_id = int.from_bytes(data[p : p + 16], "big")
+        p += 16
+        n = data[p]
+        if n < 128:
+            p += 1
+        else:
+            n, p = _read_varint(data, p)
+        if n & 1:
+            return None
+        submitter = data[p : p + (n >> 1)].decode()
+        p += n >> 1
+        if data[p] != _CREATE_TRANSFERS_INDEX or data[p + 1] != 0:  # no accounts
+            return None
+        p += 2
+        transfers: list[Transfer] = []
+        append = transfers.append
+        while True:
+            n = data[p]
+            if n < 128:
+                p += 1
+            else:
+                n, p = _read_varint(data, p)
+            if not n:
+                break
+            if n & 1 or len(transfers) + (n >> 1) > BATCH_EVENTS_MAX:
+                return None  # a block with its byte size, or too many: the slow path says so
+            for _ in range(n >> 1):
+                transfer, p, _, _ = _read_transfer(data, p)
+                append(transfer)
+        if data[p] != 0:  # an account command
+            return None
+        submitted_at_ns, p = _read_signed(data, p + 1, "i64")
+        if p != len(data):
+            return None
+        return CommandBatch(
+            request_id, submitter, Operation.CREATE_TRANSFERS, [], transfers, None,
+            submitted_at_ns & _U64_MASK,
+        )  # fmt: skip
+    except Exception:  # _NotFast, IndexError (truncated), UnicodeDecodeError: any doubt
         return None
 
 
@@ -1654,6 +1766,9 @@ class AvroCodec:
             for message, layout in _FAST_LAYOUTS.items()
             if fast and self.current[message].fingerprint.hex() == layout[0]
         }
+        self._fast_commands = (
+            fast and self.current["CommandBatch"].fingerprint.hex() == _COMMAND_FINGERPRINT
+        )
 
     # -- framing -------------------------------------------------------------------------------
 
@@ -1701,10 +1816,17 @@ class AvroCodec:
 
     # -- messages ------------------------------------------------------------------------------
 
-    def _encode(self, message: str, cls: type, convert: Callable[[Any], Any], value: Any) -> bytes:
+    def _encode(
+        self,
+        message: str,
+        cls: type,
+        convert: Callable[[Any], Any],
+        value: Any,
+        memo: EncodedEvents | None = None,
+    ) -> bytes:
         layout = self._fast.get(message)
         if layout is not None and type(value) is cls:
-            data = _fast_write(self.current[message].header, layout, value)
+            data = _fast_write(self.current[message].header, layout, value, memo)
             if data is not None:
                 return data
         return self._write(message, _enc_record(value, cls, convert, ""))
@@ -1728,13 +1850,27 @@ class AvroCodec:
             raise DecodeError(f"undecodable: {_describe(exc)}") from None
 
     def encode_command_batch(self, batch: CommandBatch) -> bytes:
+        if self._fast_commands and type(batch) is CommandBatch:
+            data = _fast_command_write(self.current["CommandBatch"].header, batch)
+            if data is not None:
+                return data
         return self._encode("CommandBatch", CommandBatch, _enc_command_batch, batch)
 
     def decode_command_batch(self, data: bytes) -> CommandBatch:
+        if (
+            self._fast_commands
+            and type(data) is bytes
+            and data[:_HEADER_LEN] == self.current["CommandBatch"].header
+        ):
+            decoded = _fast_command_read(data)
+            if decoded is not None:
+                return decoded
         return self._decode("CommandBatch", _dec_command_batch, data)
 
-    def encode_event_batch(self, batch: EventBatch) -> bytes:
-        return self._encode("EventBatch", EventBatch, _enc_event_batch, batch)
+    def encode_event_batch(self, batch: EventBatch, memo: EncodedEvents | None = None) -> bytes:
+        """With `memo`, each event object is encoded once however many batches list it (an
+        event goes to the log of every partition owning a key it writes)."""
+        return self._encode("EventBatch", EventBatch, _enc_event_batch, batch, memo)
 
     def decode_event_batch(self, data: bytes) -> EventBatch:
         return self._decode("EventBatch", _dec_event_batch, data)
@@ -1874,8 +2010,10 @@ def decode_command_batch(data: bytes) -> CommandBatch:
     return _CODEC.decode_command_batch(data)
 
 
-def encode_event_batch(batch: EventBatch) -> bytes:
-    return _CODEC.encode_event_batch(batch)
+def encode_event_batch(batch: EventBatch, memo: EncodedEvents | None = None) -> bytes:
+    """`memo`: see AvroCodec.encode_event_batch (keyed by id(): the caller keeps the events
+    alive while it uses it)."""
+    return _CODEC.encode_event_batch(batch, memo)
 
 
 def decode_event_batch(data: bytes) -> EventBatch:

@@ -673,6 +673,20 @@ def test_fast_path_edge_values_equal_fastavro() -> None:
     assert encode_apply(many) == FASTAVRO_ONLY.encode_apply(many)
 
 
+def test_events_shared_by_batches_are_encoded_once_and_alike() -> None:
+    shared: list[Event] = [
+        TransferApplied(TransferKind.POST, full_transfer(id=n + 1), 1, None, None, n + 2)
+        for n in range(3)
+    ]
+    memo: codec.EncodedEvents = {}
+    first = encode_event_batch(EventBatch(0, shared, -1), memo)
+    assert len(memo) == 3
+    second = encode_event_batch(EventBatch(5, shared[1:], 7), memo)
+    assert len(memo) == 3  # nothing encoded again
+    assert first == FASTAVRO_ONLY.encode_event_batch(EventBatch(0, shared, -1))
+    assert second == FASTAVRO_ONLY.encode_event_batch(EventBatch(5, shared[1:], 7))
+
+
 def test_mixed_or_bad_events_leave_the_fast_path() -> None:
     applied = TransferApplied(TransferKind.POST, full_transfer(), 1, None, None, 2)
     mixed = Apply(1, [applied, TransferFailed(1, 2, 3), applied])
