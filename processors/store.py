@@ -320,12 +320,16 @@ class PartitionStore:
         path: Path,
         *,
         sync: bool = True,
+        wal: bool = True,
         write_buffer_size_bytes: int = 16 * MIB,
         budget: MemoryBudget | None = None,
     ) -> None:
         """`sync=True` fsyncs the WAL on every commit (durable across power loss); with False a
-        commit survives a process crash but not a machine crash. `budget` defaults to the
-        process-wide shared one."""
+        commit survives a process crash but not a machine crash. `wal=False` writes no WAL at
+        all: after a crash the database is as of its last flushed memtable, which is still a
+        prefix of the commits (each commit is one batch, memtables flush whole), so only for a
+        store whose writer catches up from a changelog past the offset it records. `budget`
+        defaults to the process-wide shared one."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.sync = sync
@@ -360,7 +364,9 @@ class PartitionStore:
         options.set_block_based_table_factory(table)
         self._db = Rdict(str(self.path), options)
         self._write_options = WriteOptions()
-        self._write_options.sync = sync
+        self._write_options.sync = sync and wal
+        # A property in rocksdict, though its stubs declare a method.
+        self._write_options.disable_wal = not wal  # type: ignore[method-assign,assignment]
         self._closed = False
 
     def get(self, key: bytes) -> bytes | None:

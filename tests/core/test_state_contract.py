@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -869,3 +870,30 @@ if __name__ == "__main__":  # pragma: no cover
     with tempfile.TemporaryDirectory() as directory:
         count = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
         print(create_accounts_on_rocksdb(Path(directory) / "partition-0", count))
+
+
+_CRASHING_WRITER = """
+import os, sys
+from processors.store import PartitionStore
+store = PartitionStore(sys.argv[1], sync=False, wal=False, write_buffer_size_bytes=64 * 1024)
+for n in range(1, 4001):
+    # One commit: a record, and the offset it reflects, in one batch.
+    store.write({b"r" + n.to_bytes(4, "big"): os.urandom(200), b"offset": n.to_bytes(4, "big")})
+os._exit(0)  # no close: whatever was not flushed is gone, as after SIGKILL
+"""
+
+
+def test_a_store_without_wal_comes_back_as_a_prefix_of_its_commits(tmp_path: Path) -> None:
+    """The processors write RocksDB without a WAL (their changelog is in Kafka): a crash must
+    leave exactly the commits up to the recorded offset, never a torn one."""
+    path = tmp_path / "db"
+    subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], check=True, timeout=120)
+    store = PartitionStore(path, wal=False)
+    try:
+        raw = store.get(b"offset")
+        offset = int.from_bytes(raw, "big") if raw else 0
+        records = [key for key, _ in store.scan(b"r")]
+        assert records == [b"r" + n.to_bytes(4, "big") for n in range(1, offset + 1)]
+        assert 0 < offset < 4000  # memtables were flushed, and the last ones were lost
+    finally:
+        store.close()
