@@ -313,6 +313,7 @@ def _processor(args: argparse.Namespace) -> int:
             topics=environment.topics,
             instance=args.instance,
             allow_clock_control=os.environ.get(ENV_ALLOW_CLOCK_CONTROL) == "1",
+            **({"step_bytes_max": args.step_bytes_max} if args.step_bytes_max else {}),
         )
     )
     stop = threading.Event()
@@ -341,6 +342,12 @@ def register_processor(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     )
     processor.add_argument(
         "--data-dir", type=Path, default=None, help="data directory (default: $LEDGER_DATA_DIR)"
+    )
+    processor.add_argument(
+        "--step-bytes-max",
+        type=int,
+        default=None,
+        help="commands (bytes) one transaction takes at most (default 4 MiB); the rest waits",
     )
     processor.set_defaults(handler=_processor)
 

@@ -94,6 +94,9 @@ class ServiceConfig:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     poll_timeout_s: float = 0.002
     batch_messages_max: int = 2000
+    # The commands one step takes, in bytes (about 30,000 transfers): the rest waits for the
+    # next step, so a burst (a million accounts at once) never becomes one huge transaction.
+    step_bytes_max: int = 4 * 1024 * 1024
     tick_interval_s: float = 0.05
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 10_000
@@ -163,6 +166,8 @@ class ProcessorService:
                 "max.poll.interval.ms": 300_000,
                 "fetch.wait.max.ms": 5,
                 "partition.assignment.strategy": "range",
+                # librdkafka prefetches up to 64 MiB by default: bounded memory matters more.
+                "queued.max.messages.kbytes": 16 * 1024,
                 "client.id": f"ledger-processor-{config.instance}",
             }
         )
@@ -247,8 +252,13 @@ class ProcessorService:
         tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
         if not messages and not sequenced and not tick:
             return
-        for message in messages:
+        taken = 0
+        for index, message in enumerate(messages):
+            if taken >= self.config.step_bytes_max:
+                self._put_back(messages[index:])
+                break
             self._on_command(message, now)
+            taken += len(message.value() or b"")
         for offset, entry in sequenced:
             for partition in self.partitions.values():
                 partition.machine.on_sequenced(offset, entry, partition.out)
@@ -296,6 +306,17 @@ class ProcessorService:
                 machine.on_request(request, partition.now(now), out, offset)
         except DecodeError as problem:
             self._dead_letter(partition, message, str(problem))
+
+    def _put_back(self, messages: list[Message]) -> None:
+        """Leave these for the next step: one transaction (and the memory it holds until it
+        commits) stays bounded however much is waiting."""
+        indexes = {message.partition() for message in messages if message.error() is None}
+        for index in indexes:
+            partition = self.partitions.get(index) if index is not None else None
+            if partition is not None:
+                self.consumer.seek(
+                    TopicPartition(self.topics.commands, partition.index, partition.commands_next)
+                )
 
     def _dead_letter(self, partition: _Partition, message: Message, reason: str) -> None:
         """A malformed message is kept with its reason, and the submitter hears of it when its

@@ -27,6 +27,7 @@ class ProcessorProcess:
     instance: str
     env: dict[str, str]
     log_path: Path
+    args: tuple[str, ...] = ()  # more `ledger processor` options
     process: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
 
@@ -35,7 +36,7 @@ class ProcessorProcess:
         self._log = handle
         command = [sys.executable, "-m", "processors.cli", "-v", "processor"]
         self.process = subprocess.Popen(
-            [*command, "--instance", self.instance],
+            [*command, "--instance", self.instance, *self.args],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -40,8 +40,9 @@ class Pipeline:
     directory: Path
     processes: list[ProcessorProcess] = field(default_factory=list)
 
-    def processor(self, instance: str) -> ProcessorProcess:
-        process = ProcessorProcess(instance, self.env, self.directory / f"processor-{instance}.log")
+    def processor(self, instance: str, *args: str) -> ProcessorProcess:
+        log_path = self.directory / f"processor-{instance}.log"
+        process = ProcessorProcess(instance, self.env, log_path, args)
         self.processes.append(process)
         return process.start()
 
@@ -157,6 +158,17 @@ def test_concurrent_submitters_match_the_reference(pipeline: Pipeline) -> None:
     with pipeline.client() as client:
         setup_accounts(client)
     submitted = run_submitters(pipeline, submitters=4, requests=40, seed=2)
+    assert_matches_reference(pipeline, submitted)
+    assert set(results_per_request(pipeline).values()) == {1}
+
+
+def test_steps_bounded_to_one_request_match_the_reference(pipeline: Pipeline) -> None:
+    """With a one-byte step budget every transaction takes one request and hands the rest of
+    what it fetched back to the next step: nothing is lost, skipped or taken twice."""
+    pipeline.processor("a", "--step-bytes-max", "1")
+    with pipeline.client() as client:
+        setup_accounts(client)
+    submitted = run_submitters(pipeline, submitters=3, requests=25, seed=5)
     assert_matches_reference(pipeline, submitted)
     assert set(results_per_request(pipeline).values()) == {1}
 
