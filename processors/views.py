@@ -65,8 +65,14 @@ class LocalStates:
         self.expiring_ids = expiring_ids
         self.read: set[Key] = set()  # keys read, for sequencing the request if it must be
         self.partitions_read: set[int] = set()
+        # The rules read each key several times: the owner found the first time, answered
+        # from here after (locks do not change during a decision).
+        self._found: dict[Key, LedgerState] = {}
 
     def _owner(self, key: Key) -> LedgerState:
+        state = self._found.get(key)
+        if state is not None:
+            return state
         self.read.add(key)
         index = partition_of(key[1], self.partitions)
         owner = self.owners.get(index)
@@ -76,11 +82,15 @@ class LocalStates:
         if key in locked:
             raise LockedKey(key)
         self.partitions_read.add(index)
+        self._found[key] = state
         return state
 
-    def _writer(self, key_id: int) -> LedgerState:
-        # Decisions write only keys they read, so the owner is here.
-        return self.owners[partition_of(key_id, self.partitions)][0]
+    def _writer(self, key: Key) -> LedgerState:
+        # Decisions write only keys they read, so the owner is here (and usually found).
+        state = self._found.get(key)
+        if state is None:
+            state = self.owners[partition_of(key[1], self.partitions)][0]
+        return state
 
     def _ledger_wide(self) -> None:
         if self.partitions > 1:
@@ -121,28 +131,28 @@ class LocalStates:
         return (entry for entry in due if entry[2] in chosen)
 
     def put_account(self, account: Account) -> None:
-        self._writer(account.id).put_account(account)
+        self._writer((ACCOUNT, account.id)).put_account(account)
 
     def set_balances(self, balances: Balances) -> None:
-        self._writer(balances.account_id).set_balances(balances)
+        self._writer((ACCOUNT, balances.account_id)).set_balances(balances)
 
     def put_transfer(self, transfer: Transfer) -> None:
-        self._writer(transfer.id).put_transfer(transfer)
+        self._writer((TRANSFER, transfer.id)).put_transfer(transfer)
 
     def set_pending_status(self, transfer_id: int, status: PendingStatus) -> None:
-        self._writer(transfer_id).set_pending_status(transfer_id, status)
+        self._writer((TRANSFER, transfer_id)).set_pending_status(transfer_id, status)
 
     def add_expiry(self, expires_at: int, timestamp: int, transfer_id: int) -> None:
-        self._writer(transfer_id).add_expiry(expires_at, timestamp, transfer_id)
+        self._writer((TRANSFER, transfer_id)).add_expiry(expires_at, timestamp, transfer_id)
 
     def remove_expiry(self, transfer_id: int) -> None:
-        self._writer(transfer_id).remove_expiry(transfer_id)
+        self._writer((TRANSFER, transfer_id)).remove_expiry(transfer_id)
 
     def put_failed(self, transfer_id: int, status: int) -> None:
-        self._writer(transfer_id).put_failed(transfer_id, status)
+        self._writer((TRANSFER, transfer_id)).put_failed(transfer_id, status)
 
     def set_settlement(self, account_id: int, transfer_id: int) -> None:
-        self._writer(account_id).set_settlement(account_id, transfer_id)
+        self._writer((ACCOUNT, account_id)).set_settlement(account_id, transfer_id)
 
 
 class FactsView(ReadOnlyState):
