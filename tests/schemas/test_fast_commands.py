@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from schemas import codec
 from schemas.codec import AvroCodec, DecodeError
 from schemas.codes import U64_MAX, U128_MAX
-from schemas.messages import AccountCommand, AccountCommandKind, CommandBatch, Operation
+from schemas.messages import (
+    AccountCommand,
+    AccountCommandKind,
+    CommandBatch,
+    Operation,
+    ResultBatch,
+    ResultEntry,
+)
 from schemas.records import Account, Transfer
 from tests.schemas.test_codec import full_transfer, transfers, u64, u128
 
@@ -112,3 +119,44 @@ def test_fuzz_mutated_requests_decode_as_fastavro_does(
     if answer is not None:
         assert expected == ("ok", repr(answer)), mutated.hex()
     assert outcome(codec.decode_command_batch, mutated) == expected, mutated.hex()
+
+
+result_entries = st.builds(ResultEntry, st.integers(0, (1 << 32) - 1), u64, u64)
+
+
+@settings(max_examples=300)
+@given(
+    u128,
+    st.text(max_size=30),
+    st.sampled_from(Operation),
+    st.lists(result_entries, max_size=5),
+    st.integers(-(1 << 63), (1 << 63) - 1),
+    st.lists(st.integers(-(1 << 31), (1 << 31) - 1), max_size=4),
+)
+def test_property_fast_result_bytes_equal_fastavro(
+    request_id: int,
+    submitter: str,
+    operation: Operation,
+    results: list[ResultEntry],
+    sequence: int,
+    participants: list[int],
+) -> None:
+    batch = ResultBatch(request_id, submitter, operation, results, None, sequence, participants)
+    header = codec._CODEC.current["ResultBatch"].header
+    data = codec._fast_result_write(header, batch)
+    assert data is not None, "results without a rejection take the fast path"
+    assert data == FASTAVRO_ONLY.encode_result_batch(batch)
+    assert codec.decode_result_batch(data) == batch
+
+
+def test_results_the_fast_path_leaves_alone() -> None:
+    header = codec._CODEC.current["ResultBatch"].header
+    for batch in (
+        ResultBatch(1, "s", Operation.CREATE_TRANSFERS, [], rejection="malformed"),
+        ResultBatch(1, "s", Operation.CREATE_TRANSFERS, [ResultEntry(1 << 32, 0)]),
+        ResultBatch(1, "s", Operation.CREATE_TRANSFERS, [ResultEntry(1, -1)]),
+        ResultBatch(1, "s", Operation.CREATE_TRANSFERS, [], sequence=1 << 63),
+        ResultBatch(1, "s", Operation.CREATE_TRANSFERS, [], participants=[1 << 31]),
+    ):
+        assert codec._fast_result_write(header, batch) is None
+    assert codec._CODEC._fast_results and not FASTAVRO_ONLY._fast_results
