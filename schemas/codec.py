@@ -1223,6 +1223,8 @@ def _varint(n: int) -> bytes | bytearray:
 
 def _varint_u64(v: int) -> bytes | bytearray:
     """The varint of the long holding u64 `v` (zigzag of its two's complement)."""
+    if v < 64:
+        return _VARINT_1[v << 1]  # (negative v is refused before this is called)
     return _varint((v << 1) ^ _ZIGZAG_U64_FLIP if v >> 63 else v << 1)
 
 
@@ -1255,13 +1257,17 @@ def _fast_transfer(t: Any) -> bytes:
     ud32, timeout, ledger, code, flags = t.user_data_32, t.timeout, t.ledger, t.code, t.flags
     if (ud64 | ts | dav | cav) >> 64 or (ud32 | timeout | ledger) >> 32 or (code | flags) >> 16:
         raise _NotFast  # negative values too
-    v = _varint
+    v, one = _varint, _VARINT_1  # most of these are small: one byte, no call
     return b"".join((
         t.id.to_bytes(16, "big"), t.debit_account_id.to_bytes(16, "big"),
         t.credit_account_id.to_bytes(16, "big"), t.amount.to_bytes(16, "big"),
         t.pending_id.to_bytes(16, "big"), t.user_data_128.to_bytes(16, "big"),
-        _varint_u64(ud64), v(ud32 << 1), v(timeout << 1), v(ledger << 1), v(code << 1),
-        v(flags << 1), _varint_u64(ts), _varint_u64(dav), _varint_u64(cav),
+        _varint_u64(ud64), one[ud32 << 1] if ud32 < 64 else v(ud32 << 1),
+        one[timeout << 1] if timeout < 64 else v(timeout << 1),
+        one[ledger << 1] if ledger < 64 else v(ledger << 1),
+        one[code << 1] if code < 64 else v(code << 1),
+        one[flags << 1] if flags < 64 else v(flags << 1),
+        _varint_u64(ts), _varint_u64(dav), _varint_u64(cav),
     ))  # fmt: skip
 
 
