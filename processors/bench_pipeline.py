@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from processors.kafka_broker import ensure_broker
+from processors.kafka_broker import ensure_broker, listener_pid
 from processors.setup import ensure_topics
 from processors.supervisor import Supervisor
 from producers import LedgerClient, RequestHandle
@@ -196,6 +196,10 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             assert child.pid is not None
             pids.append(child.pid)
         meter = _Meter(pids)
+        # The broker's CPU too, when it runs here (the local one does): where the time goes.
+        port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
+        broker_pid = listener_pid(int(port)) if port.isdigit() else None
+        broker = _Meter([broker_pid]) if broker_pid is not None else None
         with LedgerClient(bootstrap, topics.prefix, timeout_s=300) as client:
             started = time.monotonic()
             _create_accounts(client, params.accounts)
@@ -204,9 +208,14 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             # CPU per transfer: what the processors and the client cost, whatever else runs
             # on the machine (the throughput figure depends on that too).
             processors_cpu_s, own = meter.cpu_s(), psutil.Process().cpu_times()
+            broker_cpu_s = broker.cpu_s() if broker is not None else 0.0
             throughput = _throughput(client, params, rng)
             done = max(1, int(throughput["throughput_transfers"]))
             now = psutil.Process().cpu_times()
+            if broker is not None:
+                throughput["broker_cpu_us_per_transfer"] = round(
+                    (broker.cpu_s() - broker_cpu_s) * 1e6 / done, 1
+                )
             throughput["processor_cpu_us_per_transfer"] = round(
                 (meter.cpu_s() - processors_cpu_s) * 1e6 / done, 1
             )
@@ -222,6 +231,8 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             )
             print(f"latency: {latency}", file=sys.stderr)
         meter.stop()
+        if broker is not None:
+            broker.stop()
         return {
             "benchmark": "pipeline",
             **throughput,

@@ -48,6 +48,7 @@ __all__ = [
     "default_data_dir",
     "default_home",
     "ensure_broker",
+    "listener_pid",
 ]
 
 log = logging.getLogger("ledger.kafka")
@@ -255,7 +256,7 @@ def _port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def _listener_pid(port: int) -> int | None:
+def listener_pid(port: int) -> int | None:
     """Best effort: the pid listening on a TCP port (needs privileges for others' sockets)."""
     try:
         for conn in psutil.net_connections(kind="tcp"):
@@ -800,7 +801,7 @@ class LocalBroker:
         ):
             if not _port_in_use(self.host, port):
                 continue
-            owner = _listener_pid(port)
+            owner = listener_pid(port)
             if owner is not None and self._is_our_broker(owner):
                 # Our broker, but its state file was lost: it holds the data dir lock, so a
                 # second one could not start anyway. Say how to get rid of it.
