@@ -283,6 +283,57 @@ def register_files(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 # --------------------------------------------------------------------------------------------
+# ledger audit | replay
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from processors.kafka_broker import ensure_broker
+    from processors.settings import LedgerEnvironment
+    from projections.audit import audit_log
+
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    bootstrap = ensure_broker()
+    started_s = time.perf_counter()
+    report = audit_log(bootstrap, environment.topics, environment.partitions)
+    elapsed_s = time.perf_counter() - started_s
+    for violation in report.violations[: args.limit]:
+        print(f"VIOLATION {violation}")
+    if len(report.violations) > args.limit:
+        print(f"... and {len(report.violations) - args.limit} more violations")
+    counts = report.counts()
+    verdict = "clean" if report.ok else f"{len(report.violations)} VIOLATIONS"
+    print(
+        f"audit of {environment.topics.prefix}* ({environment.partitions} partitions): "
+        f"{verdict}; {counts['events']} events ({counts['log_events']} in the log), "
+        f"{counts['accounts']} accounts, {counts['transfers']} transfers, "
+        f"{counts['commands']} requests, {counts['results']} results, "
+        f"{counts['dead_letters']} dead letters, in {elapsed_s:.1f} s"
+    )
+    print(json.dumps({"ok": report.ok, **counts, "seconds": round(elapsed_s, 3)}))
+    return 0 if report.ok else 1
+
+
+def register_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = subparsers.add_parser(
+        "audit",
+        help="read the whole log and verify every invariant; exit 1 on any violation",
+        description=(
+            "Read the events, commands, results and dead-letter topics from the beginning "
+            "(committed data only) and check: balanced ledgers at every event, limits, "
+            "contiguous account versions, pending transfers resolved at most once, justified "
+            "settlement requests, one result per request (docs/AUDIT.md). Each violation names "
+            "the account, transfer or request and its log position. Honours "
+            "LEDGER_KAFKA_BOOTSTRAP, LEDGER_TOPIC_PREFIX and LEDGER_PARTITIONS."
+        ),
+    )
+    audit.add_argument("--limit", type=int, default=50, help="violations to print")
+    audit.set_defaults(handler=_audit)
+
+
+# --------------------------------------------------------------------------------------------
 # ledger processor
 
 
@@ -398,6 +449,7 @@ REGISTRARS: list[Registrar] = [
     register_processor,
     register_files,
     register_bench,
+    register_audit,
 ]
 
 
