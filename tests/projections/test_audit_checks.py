@@ -17,6 +17,7 @@ from projections.audit import (
     CommandRecord,
     EventAuditor,
     LogPosition,
+    OrderedEvent,
     ResultRecord,
     Violation,
     check_results,
@@ -25,6 +26,7 @@ from projections.audit import (
 from schemas import (
     Account,
     AccountChanged,
+    Balances,
     Event,
     Policy,
     SettlementRequested,
@@ -161,20 +163,22 @@ def test_an_unbalanced_transfer_names_the_transfer_and_position() -> None:
     assert only(violations, "balance_transition").subject == "account 6"
 
 
+def balances_after(log: list[Event], account_id: int) -> Balances:
+    """An account's balances after the whole log."""
+    auditor = EventAuditor()
+    auditor.check_all(OrderedEvent(event, LogPosition(TOPIC, 0, 0)) for event in log)
+    return auditor.accounts[account_id].balances()
+
+
 def test_a_limit_breach_names_the_account() -> None:
-    ledger = history()
-    log = ledger.log
-    debit, credit = ledger.lookup_accounts([2, 1])
+    log = history().log
+    timestamp = log[-1].timestamp + 1
+    debit, credit = balances_after(log, 2), balances_after(log, 1)
     # 2 (no_overdraft) pays 400 it does not have: balances consistent, the limit broken.
-    timestamp = ledger.now + 1
-    breach = Transfer(90, 2, 1, 400, ledger=1, code=1, timestamp=timestamp)
     debit.debits_posted += 400
     credit.credits_posted += 400
-    log.append(
-        TransferApplied(
-            TransferKind.SINGLE_PHASE, breach, 0, debit.balances(), credit.balances(), timestamp
-        )
-    )
+    breach = Transfer(90, 2, 1, 400, ledger=1, code=1, timestamp=timestamp)
+    log.append(TransferApplied(TransferKind.SINGLE_PHASE, breach, 0, debit, credit, timestamp))
     violations = audit(split(log, 1), 1)
     assert [v.kind for v in violations] == ["limit_exceeded"]
     assert violations[0].subject == "account 2"
