@@ -316,6 +316,70 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processors.kafka_broker import ensure_broker
+    from processors.settings import LedgerEnvironment
+    from projections.cli import api_keys_from_env
+    from projections.replay import replay, total_offsets
+
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    bootstrap = ensure_broker()
+    topics, partitions = environment.topics, environment.partitions
+    keys = api_keys_from_env()
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="ledger-replay-") as scratch:
+        into = args.into if args.into is not None else Path(scratch)
+        if into.exists() and any(into.iterdir()):
+            raise CliError(f"--into {into}: not empty; a replay needs a fresh directory")
+        columns = (
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[events]}"),
+            TimeElapsedColumn(),
+        )  # fmt: skip
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(
+                "replaying", total=total_offsets(bootstrap, topics, partitions), events="0 events"
+            )
+
+            def advance(offsets_done: int, events: int) -> None:
+                progress.update(task, completed=offsets_done, events=f"{events:,} events")
+
+            try:
+                result = replay(
+                    bootstrap, topics, partitions, into, compare=not args.no_compare,
+                    api_key=min(keys) if keys else None, on_progress=advance,
+                )  # fmt: skip
+            except ConnectionError as exc:
+                raise CliError(str(exc)) from exc
+            progress.update(task, completed=progress.tasks[0].total)
+    for p in range(partitions):
+        line = f"partition {p}: offset {result.offsets[p]} hash {result.hashes[p][:16]}"
+        live = result.live.get(p)
+        if live is None:
+            line += " (no live projection to compare)"
+        elif p in result.mismatches():
+            line += (
+                f" MISMATCH: worker {live.worker} has offset {live.offset} hash "
+                f"{live.content_hash[:16]}"
+            )
+        else:
+            line += f" = worker {live.worker}"
+        print(line)
+    print(
+        f"replayed {result.events:,} events ({result.messages:,} messages) in "
+        f"{result.seconds:.2f} s = {result.events_per_s:,.0f} events/s"
+    )
+    print(json.dumps(result.summary()))
+    return 1 if result.mismatches() else 0
+
+
 def register_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = subparsers.add_parser(
         "audit",
@@ -331,6 +395,24 @@ def register_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     audit.add_argument("--limit", type=int, default=50, help="violations to print")
     audit.set_defaults(handler=_audit)
+    replay = subparsers.add_parser(
+        "replay",
+        help="rebuild every projection from offset 0 and compare it with the live ones",
+        description=(
+            "Ask each live projection worker for its partitions' applied offset and content "
+            "hash (from one snapshot), replay each events partition from offset 0 exactly up to "
+            "that offset into a fresh store (partitions without a live worker: up to their end), "
+            "and compare the hashes; exit 1 naming any partition that differs. The last line is "
+            "one JSON object (events, seconds, events_per_s, partitions, matches)."
+        ),
+    )
+    replay.add_argument(
+        "--into", type=Path, default=None, help="build the stores here (default: a temporary dir)"
+    )
+    replay.add_argument(
+        "--no-compare", action="store_true", help="only rebuild and hash, ask no live worker"
+    )
+    replay.set_defaults(handler=_replay)
 
 
 # --------------------------------------------------------------------------------------------

@@ -374,6 +374,11 @@ class PartitionStore:
         items = cast(Iterator[tuple[bytes, bytes]], self._db.items(from_key=prefix))
         return _take_prefix(items, prefix)
 
+    def snapshot_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed (key, value) pair in key order, all as of one instant (a RocksDB
+        snapshot: writes committed meanwhile are not seen)."""
+        return cast(Iterator[tuple[bytes, bytes]], self._db.snapshot().items())
+
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         """Apply puts (bytes) and deletes (None) atomically."""
         batch = WriteBatch(raw_mode=True)

@@ -598,9 +598,11 @@ _OPS: Final[dict[str, Callable[[PartitionProjection, dict[str, Any]], Any]]] = {
     "query_accounts": _query_accounts,
     "query_transfers": _query_transfers,
     "applied_sequence": lambda projection, _args: projection.applied_sequence(),
+    # [applied offset, content hash] from one snapshot: what `ledger replay` compares with.
+    "content_hash": lambda projection, _args: list(projection.content_hash()),
 }
 _MERGED_OPS: Final = frozenset({"query_accounts", "query_transfers"})
-_PER_PARTITION_OPS: Final = frozenset({"applied_sequence"})
+_PER_PARTITION_OPS: Final = frozenset({"applied_sequence", "content_hash"})
 _SEQUENCE_POLL_S: Final = 0.002
 _ID_OPS: Final = frozenset({"lookup_accounts", "lookup_transfers"})
 
