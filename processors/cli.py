@@ -251,11 +251,18 @@ def _show(args: argparse.Namespace) -> int:
 
     url = args.url or f"http://127.0.0.1:{LedgerEnvironment.from_env().http_port}"
     try:
-        found = show_account(url.rstrip("/"), args.account_id, Console(), args.limit)
+        found = show_account(
+            url.rstrip("/"), args.account_id, Console(), args.limit, args.as_of, args.as_of_offset
+        )
     except OSError as exc:
         raise CliError(f"cannot reach the HTTP API at {url}: {exc}; is the ledger up?") from exc
     if not found:
-        raise CliError(f"account {args.account_id} does not exist")
+        when = ""
+        if args.as_of is not None:
+            when = f" at timestamp {args.as_of}"
+        elif args.as_of_offset is not None:
+            when = f" at offset {args.as_of_offset} of its events partition"
+        raise CliError(f"account {args.account_id} does not exist{when}")
     return 0
 
 
@@ -279,6 +286,15 @@ def register_files(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     show.add_argument("account_id", type=int)
     show.add_argument("--limit", type=int, default=20, help="transfers to show")
     show.add_argument("--url", default=None, help="HTTP API (default 127.0.0.1:$LEDGER_HTTP_PORT)")
+    point = show.add_mutually_exclusive_group()
+    point.add_argument(
+        "--as-of", type=int, default=None, metavar="TIMESTAMP",
+        help="only the balances as of this timestamp (nanoseconds)",
+    )  # fmt: skip
+    point.add_argument(
+        "--as-of-offset", type=int, default=None, metavar="OFFSET",
+        help="only the balances as of this offset of the events partition owning the account",
+    )  # fmt: skip
     show.set_defaults(handler=_show)
 
 

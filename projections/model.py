@@ -68,7 +68,13 @@ from processors.store import (
     encode_account,
     encode_transfer,
 )
-from projections.filters import AccountFilter, BalanceEntry, QueryFilter, effective_limit
+from projections.filters import (
+    AccountFilter,
+    BalanceEntry,
+    BalancesAtOffset,
+    QueryFilter,
+    effective_limit,
+)
 from schemas import (
     U128_MAX,
     Account,
@@ -375,7 +381,7 @@ class PartitionProjection:
                 return Balances(account_id, *_unpack_balances(value))
         return Balances(account_id, 0, 0, 0, 0)
 
-    def balances_at_offset(self, account_id: int, offset: int) -> tuple[Balances, int] | None:
+    def balances_at_offset(self, account_id: int, offset: int) -> BalancesAtOffset | None:
         """An owned account's balances after the messages of this events partition up to
         `offset` (an offset past the last message folded means now), with the timestamp of the
         last transfer event they reflect (0 if none yet); None if the account did not exist
@@ -394,8 +400,9 @@ class PartitionProjection:
         # Newest first; an account's entries are in log order too (its history is serial).
         for key, value in self.store.scan(_ENTRY + id_bytes):
             if int.from_bytes(value[_ENTRY_OFFSET_AT:_ENTRY_HEAD_SIZE], "big") <= offset:
-                return Balances(account_id, *_unpack_balances(value)), _entry_timestamp(key)
-        return Balances(account_id, 0, 0, 0, 0), 0
+                balances = Balances(account_id, *_unpack_balances(value))
+                return BalancesAtOffset(balances, _entry_timestamp(key), self.partition, offset)
+        return BalancesAtOffset(Balances(account_id, 0, 0, 0, 0), 0, self.partition, offset)
 
     # get_account_transfers / get_account_balances --------------------------------------------
 

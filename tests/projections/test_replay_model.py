@@ -103,13 +103,13 @@ def test_balances_as_of_an_offset_equal_the_log_folded_up_to_it(
                         assert found is None, (account_id, cut)
                         continue
                     assert found is not None, (account_id, cut)
-                    assert found[0] == expected.balances(), (account_id, cut)
+                    assert found.balances == expected.balances(), (account_id, cut)
         # Past the last message: as of now.
         last = messages[-1][0]
         for account_id in sorted(accounts - {99_999}):
             now = projection.account(account_id)
             later = projection.balances_at_offset(account_id, last + 100)
-            assert now is not None and later is not None and later[0] == now.balances()
+            assert now is not None and later is not None and later.balances == now.balances()
 
 
 def test_a_store_of_the_older_layout_is_refused(tmp_path: Path) -> None:
