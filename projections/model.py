@@ -90,7 +90,7 @@ from schemas import (
     TransferFailed,
     TransferKind,
 )
-from schemas.partitioning import partition_of
+from schemas.partitioning import owned_by
 
 __all__ = [
     "AccountFilter",
@@ -130,6 +130,7 @@ _ID_KEY_TS_AT: Final = 1 + 16  # where the timestamp starts in an (id, timestamp
 _ACCOUNT_INDEX: Final = struct.Struct(">QQQQQIIHQ")  # ... and the creating message's offset
 _SETTLEMENT_VALUE: Final = struct.Struct(">QQQQ")  # transfer id, amount; then a signed balance
 _SIGNED_WIDTH: Final = 17  # a net balance reaches ±(2^128 - 1)
+_HASH_LENGTHS: Final = struct.Struct(">I")
 
 _PENDING_STATUSES: Final = tuple(PendingStatus)  # indexed by value
 _PENDING_NOW: Final = bytes([PendingStatus.PENDING])
@@ -151,6 +152,7 @@ class PartitionProjection:
         self.store = store
         self.partition = partition
         self.partitions = partitions
+        self._owns = owned_by(partition, partitions)
         stored = store.get(_OFFSET_KEY)
         self._offset = -1 if stored is None else int.from_bytes(stored, "big")
         stored = store.get(_SEQUENCE_KEY)
@@ -169,9 +171,6 @@ class PartitionProjection:
         """The last sequence offset (a cross-partition decision) this partition's processor
         had folded by the last message applied; -1 if none."""
         return self._sequence
-
-    def _owns(self, key: int) -> bool:
-        return self.partitions == 1 or partition_of(key, self.partitions) == self.partition
 
     # Folding ----------------------------------------------------------------------------------
 
@@ -230,14 +229,17 @@ class PartitionProjection:
         last sequence offset folded (meta `sequence`) is content and is hashed."""
         digest = hashlib.sha256()
         offset = -1
+        parts: list[bytes] = []
+        extend, lengths = parts.extend, _HASH_LENGTHS.pack
         for key, value in self.store.snapshot_items():
             if key == _OFFSET_KEY:
                 offset = int.from_bytes(value, "big")
                 continue
-            digest.update(len(key).to_bytes(4, "big"))
-            digest.update(key)
-            digest.update(len(value).to_bytes(4, "big"))
-            digest.update(value)
+            extend((lengths(len(key)), key, lengths(len(value)), value))
+            if len(parts) >= 40_000:  # one update per many pairs: the same digest, faster
+                digest.update(b"".join(parts))
+                parts.clear()
+        digest.update(b"".join(parts))
         return offset, digest.hexdigest()
 
     def _fold_account(

@@ -47,7 +47,7 @@ __all__ = [
     "replay_events",
 ]
 
-_CONSUME_MESSAGES: Final = 500  # per fetch: bounds the decoded events held at once
+_CONSUME_MESSAGES: Final = 100  # per fetch: bounds the decoded events held at once
 _REGISTRY_WAIT_S: Final = 10.0
 
 
