@@ -323,10 +323,12 @@ class PartitionStore:
         sync: bool = True,
         write_buffer_size_bytes: int = 16 * MIB,
         budget: MemoryBudget | None = None,
+        wal: bool = True,
     ) -> None:
         """`sync=True` fsyncs the WAL on every commit (durable across power loss); with False a
-        commit survives a process crash but not a machine crash. `budget` defaults to the
-        process-wide shared one."""
+        commit survives a process crash but not a machine crash. `wal=False` (bulk builds that
+        are thrown away on a crash, like a replay) writes no WAL at all: nothing survives a
+        crash until `close`, which flushes. `budget` defaults to the process-wide shared one."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.sync = sync
@@ -361,7 +363,10 @@ class PartitionStore:
         options.set_block_based_table_factory(table)
         self._db = Rdict(str(self.path), options)
         self._write_options = WriteOptions()
-        self._write_options.sync = sync
+        self._write_options.sync = sync and wal
+        # A property at runtime; rocksdict's stub declares a method.
+        self._write_options.disable_wal = not wal  # type: ignore[method-assign,assignment]
+        self._wal = wal
         self._closed = False
 
     def get(self, key: bytes) -> bytes | None:
@@ -395,6 +400,8 @@ class PartitionStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if not self._wal:
+                self._db.flush(True)  # the memtables hold what no WAL does
             self._db.close()
 
     def __enter__(self) -> PartitionStore:

@@ -231,7 +231,8 @@ def _replay_group(
             "fetch.wait.max.ms": 10,
         }
     )
-    stores = {p: PartitionStore(into / f"partition-{p}", sync=False) for p in group}
+    # No WAL: a replay interrupted is started again in a fresh directory anyway.
+    stores = {p: PartitionStore(into / f"partition-{p}", sync=False, wal=False) for p in group}
     events_total = messages_total = 0
     # The decoded events form no reference cycles, but the collector would walk every one of
     # them in each generation-2 pass (as the processors do, docs/BENCHMARKS.md).

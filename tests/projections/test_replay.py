@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from processors.store import PartitionStore
+from projections.model import PartitionProjection
 from projections.replay import live_hashes, replay
 from tests.pipeline import workload
 from tests.pipeline.harness import pipeline_env
@@ -98,3 +100,8 @@ def test_replay_without_live_workers_rebuilds_and_hashes(ledger: Ledger, tmp_pat
     assert {p: (result.offsets[p], result.hashes[p]) for p in range(PARTITIONS)} == {
         p: (live[p].offset, live[p].content_hash) for p in range(PARTITIONS)
     }
+    # The stores, written without a WAL, hold all of it once closed.
+    for p in range(PARTITIONS):
+        with PartitionStore(tmp_path / f"partition-{p}", sync=False) as store:
+            reopened = PartitionProjection(store, p, PARTITIONS).content_hash()
+        assert reopened == (live[p].offset, live[p].content_hash)
