@@ -33,7 +33,7 @@ from typing import Any, Final
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.setup import partition_count
-from processors.store import PartitionStore
+from processors.store import MemoryBudget, PartitionStore
 from projections.model import PartitionProjection
 from projections.routing import INTERNAL_PREFIX, Registry, registry_topic
 from schemas.codec import decode_event_batch
@@ -49,6 +49,10 @@ __all__ = [
 
 _CONSUME_MESSAGES: Final = 100  # per fetch: bounds the decoded events held at once
 _REGISTRY_WAIT_S: Final = 10.0
+_MIB: Final = 1024 * 1024
+_CACHE_BYTES: Final = 32 * _MIB  # per replay process
+_MEMTABLE_BUDGET_BYTES: Final = 128 * _MIB  # per replay process, charged to the cache
+_MEMTABLE_BYTES: Final = 64 * _MIB  # per store
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +235,16 @@ def _replay_group(
             "fetch.wait.max.ms": 10,
         }
     )
-    # No WAL: a replay interrupted is started again in a fresh directory anyway.
-    stores = {p: PartitionStore(into / f"partition-{p}", sync=False, wal=False) for p in group}
+    # No WAL: a replay interrupted is started again in a fresh directory anyway. Larger
+    # memtables: fewer flushes and compactions competing with the fold for the cores.
+    budget = MemoryBudget(_CACHE_BYTES, _MEMTABLE_BUDGET_BYTES)
+    stores = {
+        p: PartitionStore(
+            into / f"partition-{p}", sync=False, wal=False, budget=budget,
+            write_buffer_size_bytes=_MEMTABLE_BYTES,
+        )
+        for p in group
+    }  # fmt: skip
     events_total = messages_total = 0
     # The decoded events form no reference cycles, but the collector would walk every one of
     # them in each generation-2 pass (as the processors do, docs/BENCHMARKS.md).
