@@ -13,14 +13,18 @@ import pytest
 from confluent_kafka import Producer
 
 from processors.setup import ensure_topics
-from projections.audit import audit_log
+from projections.audit import audit_log, read_event_logs
 from schemas import (
+    Account,
     AccountChanged,
     Event,
+    Policy,
     SettlementRequested,
     Transfer,
     TransferApplied,
+    TransferFlags,
     TransferKind,
+    UpdateSettings,
 )
 from schemas.codec import encode_command_batch, encode_event_batch
 from schemas.messages import CommandBatch, EventBatch, Operation
@@ -59,6 +63,61 @@ def test_a_real_pipeline_run_audits_clean(pipeline: Pipeline) -> None:  # noqa: 
     done = run_audit(pipeline.env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "clean" in done.stdout
+
+
+def test_settlements_and_account_changes_audit_clean(pipeline: Pipeline) -> None:  # noqa: F811
+    """Settlement requests (the settlement account on its own partition), settings changes,
+    freezes and a closing pending transfer voided: the audit justifies every one."""
+    pipeline.processor("a")
+    with pipeline.client() as client:
+        created = client.create_accounts(
+            [
+                Account(1, ledger=1, code=1, policy=Policy.EXTERNAL),
+                *(Account(a, ledger=1, code=1, settle_threshold=100, settle_to=20)
+                  for a in range(2, 8)),
+                Account(8, ledger=1, code=1, max_balance=1_000),
+            ]
+        )  # fmt: skip
+        assert {r.status.name for r in created} == {"CREATED"}
+        transfer_id = 100
+        for round_ in range(4):
+            batch = []
+            for account_id in range(2, 9):
+                transfer_id += 1
+                batch.append(Transfer(transfer_id, 1, account_id, 70, ledger=1, code=1))
+            client.create_transfers(batch)
+            client.update_settings(8, UpdateSettings(max_balance=1_000 + round_))
+        client.freeze(8)
+        client.unfreeze(8)
+        closing = int(TransferFlags.PENDING | TransferFlags.CLOSING_DEBIT)
+        client.create_transfers([Transfer(900, 8, 1, 1, ledger=1, code=1, flags=closing)])
+        void = int(TransferFlags.VOID_PENDING_TRANSFER)
+        client.create_transfers([Transfer(901, pending_id=900, flags=void)])
+        # A settlement engine pays one (post) and fails another (void); more credits follow.
+        requested = settlements_of(pipeline)
+        by_account = {s.account_id: s for s in requested}
+        post, void_ = int(TransferFlags.POST_PENDING_TRANSFER), void
+        client.create_transfers(
+            [
+                Transfer(950, pending_id=by_account[2].transfer_id, flags=post),
+                Transfer(951, pending_id=by_account[3].transfer_id, flags=void_),
+            ]
+        )
+        client.create_transfers([Transfer(960 + a, 1, a, 90, ledger=1, code=1) for a in (2, 3)])
+    report = audit_log(pipeline.bootstrap, pipeline.topics, PARTITIONS)
+    assert report.ok, "\n".join(map(str, report.violations))
+    again = [s for s in settlements_of(pipeline) if s not in requested]
+    assert {s.account_id for s in again} == {2, 3}  # no longer in flight: requested anew
+    assert report.results == report.commands
+
+
+def settlements_of(run: Pipeline) -> list[SettlementRequested]:
+    return [
+        e
+        for _position, events in read_event_logs(run.bootstrap, run.topics, PARTITIONS)
+        for e in events
+        if type(e) is SettlementRequested
+    ]
 
 
 # Injected violations: (tamper with the reference history, or add messages) -> what the audit
