@@ -620,7 +620,9 @@ def _read_dead_letters(bootstrap: str, topics: Topics) -> list[str]:
 
 
 def audit_log(bootstrap: str, topics: Topics, partitions: int) -> AuditReport:
-    """Read the whole log of the ledger under `topics` and check every invariant."""
+    """Read the whole log of the ledger under `topics` and check every invariant. The events
+    checks hold at any moment; the results check expects a settled ledger (every request
+    submitted so far answered), else requests in flight show as `missing_result`."""
     ordered, violations, log_events = order_events(
         read_event_logs(bootstrap, topics, partitions), partitions
     )

@@ -35,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from processors.setup import partition_count
 from processors.store import MemoryBudget, PartitionStore
 from projections.model import PartitionProjection
-from projections.routing import INTERNAL_PREFIX, Registry, registry_topic
+from projections.routing import INTERNAL_PREFIX, Owner, Registry, registry_topic
 from schemas.codec import decode_event_batch
 from schemas.topics import Topics
 
@@ -49,6 +49,7 @@ __all__ = [
 
 _CONSUME_MESSAGES: Final = 100  # per fetch: bounds the decoded events held at once
 _REGISTRY_WAIT_S: Final = 10.0
+_RETRY_PAUSE_S: Final = 0.2
 _MIB: Final = 1024 * 1024
 _CACHE_BYTES: Final = 32 * _MIB  # per replay process
 _MEMTABLE_BUDGET_BYTES: Final = 128 * _MIB  # per replay process, charged to the cache
@@ -110,46 +111,58 @@ def live_hashes(
     api_key: str | None = None,
     timeout_s: float = 60.0,
 ) -> dict[int, LivePartition]:
-    """(offset, content hash) of every partition a live worker owns; {} when none runs."""
+    """(offset, content hash) of every partition a live worker owns; {} when none runs.
+    A partition whose owner is moving (409 not_owner) or gone (no answer) is asked again, of
+    its owner per the registry then, until `timeout_s`; then ConnectionError names it."""
     from confluent_kafka.admin import AdminClient
 
-    if (
-        partition_count(AdminClient({"bootstrap.servers": bootstrap}), registry_topic(topics))
-        is None
-    ):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if partition_count(admin, registry_topic(topics)) is None:
         return {}
     registry = Registry(bootstrap, topics).start()
+    deadline = time.monotonic() + timeout_s
+    found: dict[int, LivePartition] = {}
     try:
         registry.wait_caught_up(_REGISTRY_WAIT_S)
-        owners = registry.owners()
+        while True:
+            failures = []
+            by_owner: dict[Owner, list[int]] = {}
+            for p, owner in registry.owners().items():
+                if p < partitions and p not in found:
+                    by_owner.setdefault(owner, []).append(p)
+            for owner, owned in by_owner.items():
+                try:
+                    answer = _ask_content_hash(owner, owned, api_key, timeout_s)
+                except (urllib.error.URLError, OSError) as exc:  # moved, or a stale claim
+                    failures.append(
+                        f"projection worker {owner.worker} at {owner.url} (partitions "
+                        f"{sorted(owned)}) did not answer: {exc}"
+                    )
+                    continue
+                for partition, (offset, digest) in answer.items():
+                    found[int(partition)] = LivePartition(owner.worker, int(offset), str(digest))
+            if not failures:
+                return found
+            if time.monotonic() > deadline:
+                raise ConnectionError("; ".join(failures))
+            time.sleep(_RETRY_PAUSE_S)
     finally:
         registry.stop()
-    by_owner: dict[Any, list[int]] = {}
-    for p, owner in owners.items():
-        if p < partitions:
-            by_owner.setdefault(owner, []).append(p)
-    found: dict[int, LivePartition] = {}
-    for owner, owned in by_owner.items():
-        body = json.dumps({"args": {}, "partitions": sorted(owned)}).encode()
-        request = urllib.request.Request(
-            f"{owner.url}{INTERNAL_PREFIX}/content_hash",
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                **({"X-API-Key": api_key} if api_key else {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                answer = json.loads(response.read())["result"]
-        except (urllib.error.URLError, OSError) as exc:  # a dead worker's stale claim
-            raise ConnectionError(
-                f"projection worker {owner.worker} at {owner.url} (partitions {sorted(owned)}) "
-                f"did not answer: {exc}"
-            ) from exc
-        for p, (offset, digest) in answer.items():
-            found[int(p)] = LivePartition(owner.worker, int(offset), str(digest))
-    return found
+
+
+def _ask_content_hash(
+    owner: Owner, partitions: list[int], api_key: str | None, timeout_s: float
+) -> dict[str, list[Any]]:
+    body = json.dumps({"args": {}, "partitions": sorted(partitions)}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["X-API-Key"] = api_key
+    request = urllib.request.Request(
+        f"{owner.url}{INTERNAL_PREFIX}/content_hash", data=body, headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        answer: dict[str, list[Any]] = json.loads(response.read())["result"]
+    return answer
 
 
 # ---------------------------------------------------------------------------------------------
