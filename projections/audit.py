@@ -620,9 +620,10 @@ def _read_dead_letters(bootstrap: str, topics: Topics) -> list[str]:
 
 
 def audit_log(bootstrap: str, topics: Topics, partitions: int) -> AuditReport:
-    """Read the whole log of the ledger under `topics` and check every invariant. The events
-    checks hold at any moment; the results check expects a settled ledger (every request
-    submitted so far answered), else requests in flight show as `missing_result`."""
+    """Read the whole log of the ledger under `topics` and check every invariant. It expects a
+    settled ledger (every request submitted so far answered, its cross-partition events folded
+    by every participant): while work is in flight, a request without its result yet shows as
+    `missing_result`, and an event not yet in every owner's log as `event_missing_from_owner`."""
     ordered, violations, log_events = order_events(
         read_event_logs(bootstrap, topics, partitions), partitions
     )
