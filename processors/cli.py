@@ -313,7 +313,7 @@ def _audit(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     bootstrap = ensure_broker()
     started_s = time.perf_counter()
-    report = audit_log(bootstrap, environment.topics, environment.partitions)
+    report = audit_log(bootstrap, environment.topics, environment.partitions, args.settle_timeout)
     elapsed_s = time.perf_counter() - started_s
     for violation in report.violations[: args.limit]:
         print(f"VIOLATION {violation}")
@@ -410,6 +410,11 @@ def register_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         ),
     )
     audit.add_argument("--limit", type=int, default=50, help="violations to print")
+    audit.add_argument(
+        "--settle-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="when only work in flight shows (a result or an event copy not written yet), "
+        "read the log again for this long (default 10)",
+    )  # fmt: skip
     audit.set_defaults(handler=_audit)
     replay = subparsers.add_parser(
         "replay",

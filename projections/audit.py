@@ -45,6 +45,7 @@ ten million accounts.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -619,11 +620,30 @@ def _read_dead_letters(bootstrap: str, topics: Topics) -> list[str]:
     ]
 
 
-def audit_log(bootstrap: str, topics: Topics, partitions: int) -> AuditReport:
-    """Read the whole log of the ledger under `topics` and check every invariant. It expects a
-    settled ledger (every request submitted so far answered, its cross-partition events folded
-    by every participant): while work is in flight, a request without its result yet shows as
-    `missing_result`, and an event not yet in every owner's log as `event_missing_from_owner`."""
+def audit_log(
+    bootstrap: str, topics: Topics, partitions: int, settle_timeout_s: float = 10.0
+) -> AuditReport:
+    """Read the whole log of the ledger under `topics` and check every invariant.
+
+    Work in flight looks like two violations: a request whose result is not written yet
+    (`missing_result`), and a cross-partition event not yet in every owner's log
+    (`event_missing_from_owner`: participants fold a decision in later transactions). When
+    those are all the audit finds, it reads the log again, until `settle_timeout_s`; what
+    remains then is reported."""
+    deadline = time.monotonic() + settle_timeout_s
+    while True:
+        report = _audit_once(bootstrap, topics, partitions)
+        in_flight_only = all(v.kind in _IN_FLIGHT_KINDS for v in report.violations)
+        if report.ok or not in_flight_only or time.monotonic() >= deadline:
+            return report
+        time.sleep(_SETTLE_PAUSE_S)
+
+
+_IN_FLIGHT_KINDS: Final = frozenset({"missing_result", "event_missing_from_owner"})
+_SETTLE_PAUSE_S: Final = 0.5
+
+
+def _audit_once(bootstrap: str, topics: Topics, partitions: int) -> AuditReport:
     ordered, violations, log_events = order_events(
         read_event_logs(bootstrap, topics, partitions), partitions
     )

@@ -42,9 +42,9 @@ from tests.projections.test_audit_checks import balances_after, history, split, 
 pytestmark = pytest.mark.kafka
 
 
-def run_audit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_audit(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "processors.cli", "audit"],
+        [sys.executable, "-m", "processors.cli", "audit", *extra],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -224,7 +224,7 @@ def test_a_request_without_a_result_fails_the_audit(
     )  # fmt: skip
     assert producer.flush(30) == 0
     env = pipeline_env(kafka_bootstrap, topic_prefix, CRAFTED_PARTITIONS, tmp_path)
-    done = run_audit(env)
+    done = run_audit(env, "--settle-timeout", "1")  # read again for a second: still missing
     assert done.returncode == 1, done.stdout + done.stderr
     expected = f"missing_result: request auditor-test/{0xABC:032x} at {topics.commands}[1]@0"
     assert expected in done.stdout, done.stdout
