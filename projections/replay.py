@@ -9,10 +9,12 @@ store and prove it equals the live projections by content hash, at the same log 
    owner: up to their end as of the start) into `PartitionProjection`s in a fresh directory.
 3. Hash the rebuilt stores the same way and compare; a mismatch names the partition.
 
-The replay is the worker's fold on a bulk path: one consumer over every partition with large
-fetches, and each partition's messages of one fetch folded in one RocksDB write batch with the
-offset of the last (`PartitionProjection.apply_many`; a fresh store needs no per-message
-idempotency check, and the stored result is the same as message by message).
+The replay is the worker's fold on a bulk path (docs/AUDIT.md): one process per core over
+disjoint partitions, each with one consumer and large fetches; each partition's messages of one
+fetch folded in one RocksDB write batch with the offset of the last
+(`PartitionProjection.apply_many`: a fresh store needs no per-message idempotency check, and
+the stored result is the same as message by message); stores without a WAL (an interrupted
+replay starts again in a fresh directory) and with larger memtables; the cycle collector paused.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "live_hashes",
     "replay",
     "replay_events",
+    "total_offsets",
 ]
 
 _CONSUME_MESSAGES: Final = 100  # per fetch: bounds the decoded events held at once
