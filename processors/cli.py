@@ -244,6 +244,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import urllib.error
+
     from rich.console import Console
 
     from processors.files import show_account
@@ -254,6 +256,9 @@ def _show(args: argparse.Namespace) -> int:
         found = show_account(
             url.rstrip("/"), args.account_id, Console(), args.limit, args.as_of, args.as_of_offset
         )
+    except urllib.error.HTTPError as exc:  # the API refused the request: say why
+        answer = exc.read().decode(errors="replace")
+        raise CliError(f"the HTTP API answered {exc.code}: {answer}") from None
     except OSError as exc:
         raise CliError(f"cannot reach the HTTP API at {url}: {exc}; is the ledger up?") from exc
     if not found:

@@ -101,3 +101,13 @@ def test_balances_as_of_each_log_position(ledger: Ledger) -> None:  # noqa: F811
     )  # fmt: skip
     assert missing.returncode == 1
     assert "does not exist at offset 0" in missing.stderr
+    refused = ledger.runner.run(
+        asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "processors.cli", "show", str(account_id),
+             "--as-of-offset=-5", "--url", node.url],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "answered 400" in refused.stderr and "as_of_offset" in refused.stderr
