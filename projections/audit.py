@@ -23,6 +23,7 @@ What is checked, each violation naming the account, transfer or request and the 
 - `version_gap`: an account created at a version other than 1, created twice, or changed to a
   version other than the previous + 1; `unknown_account`: an event about an account never
   created;
+- `transfer_outcome_twice`: a transfer id created (or burnt by a transient failure) twice;
 - `pending_resolved_twice`: a post, void or expiry of a pending transfer already resolved (or
   never pending: `unknown_pending`);
 - `unjustified_settlement`: a settlement request whose account has no threshold, whose net
@@ -272,6 +273,7 @@ class EventAuditor:
         self.pending: dict[int, bool] = {}  # pending transfer id -> still pending
         self.pending_amounts: dict[int, tuple[int, int]] = {}  # id -> (debit account, amount)
         self.in_flight: dict[int, int] = {}  # account -> its settlement's pending transfer
+        self.outcomes: dict[int, LogPosition] = {}  # transfer id -> where it got its outcome
         self.transfers = 0
         self.events = 0
 
@@ -289,7 +291,18 @@ class EventAuditor:
             self._changed(event, position)  # type: ignore[arg-type]
         elif kind is SettlementRequested:
             self._settlement(event, position)  # type: ignore[arg-type]
-        # TransferFailed burns an id: nothing to balance.
+        elif kind is TransferFailed:  # burns the id: nothing to balance, but it is an outcome
+            self._outcome(event.transfer_id, position)  # type: ignore[union-attr]
+
+    def _outcome(self, transfer_id: int, position: LogPosition) -> None:
+        first = self.outcomes.get(transfer_id)
+        if first is not None:
+            self._violation(
+                "transfer_outcome_twice", f"transfer {transfer_id}", position,
+                f"the id already had its outcome at {first}",
+            )  # fmt: skip
+        else:
+            self.outcomes[transfer_id] = position
 
     def check_all(self, ordered: Iterable[OrderedEvent]) -> None:
         for item in ordered:
@@ -341,8 +354,9 @@ class EventAuditor:
         transfer = event.transfer
         kind = event.kind
         subject = f"transfer {transfer.id}"
-        if kind is not TransferKind.EXPIRE:
+        if kind is not TransferKind.EXPIRE:  # expiry creates no transfer: no new id
             self.transfers += 1
+            self._outcome(transfer.id, position)
         if kind is TransferKind.PENDING:
             self.pending[transfer.id] = True
             self.pending_amounts[transfer.id] = (transfer.debit_account_id, transfer.amount)

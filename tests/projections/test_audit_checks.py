@@ -32,6 +32,7 @@ from schemas import (
     SettlementRequested,
     Transfer,
     TransferApplied,
+    TransferFailed,
     TransferFlags,
     TransferKind,
     UpdateSettings,
@@ -222,6 +223,18 @@ def test_a_pending_transfer_resolved_twice() -> None:
     violation = only(audit(split(log, 1), 1), "pending_resolved_twice")
     assert violation.subject == "transfer 11"
     assert violation.position == LogPosition(TOPIC, 0, log.index(again))
+
+
+def test_a_transfer_id_with_two_outcomes() -> None:
+    log = history().log
+    first = transfer_event(log, 14)
+    assert first.debit is not None and first.credit is not None
+    # The same id burnt later by a transient failure: a second outcome.
+    log.append(TransferFailed(14, 1, log[-1].timestamp + 1))
+    violation = only(audit(split(log, 1), 1), "transfer_outcome_twice")
+    assert violation.subject == "transfer 14"
+    assert violation.position == LogPosition(TOPIC, 0, len(log) - 1)
+    assert f"{TOPIC}[0]@{log.index(first)}" in violation.detail
 
 
 def test_an_unjustified_settlement() -> None:
