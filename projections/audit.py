@@ -33,6 +33,7 @@ What is checked, each violation naming the account, transfer or request and the 
 - `duplicate_event`, `event_missing_from_owner`, `event_in_foreign_partition`,
   `event_copies_differ`: the per-partition logs disagree about an event;
 - `missing_result`, `duplicate_result`, `orphan_result`, `duplicate_request`,
+  `result_count_mismatch` (a result batch without one entry per event of its request),
   `undecodable_request_not_dead_lettered`: a request on the commands topic (no `kind` header,
   or `kind: request`) without exactly one result on the results topic (matched by submitter and
   request id; a rejection is a result). Dead-lettered requests are counted apart: their result
@@ -511,12 +512,14 @@ class CommandRecord:
     position: LogPosition
     key: tuple[str, int] | None  # (submitter, request_id)
     header_key: tuple[str, int] | None  # the same from its headers, if they name it
+    events: int = 0  # accounts, transfers, or 1 for an account command: results expected
 
 
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
     position: LogPosition
     key: tuple[str, int]
+    entries: int | None = None  # results in the batch; None for a rejection of the whole
 
 
 def check_results(
@@ -568,6 +571,13 @@ def check_results(
                     f"{len(got)} results: {where}",
                 )
             )  # fmt: skip
+        elif command.key is not None and got[0].entries not in (None, command.events):
+            violations.append(
+                Violation(
+                    "result_count_mismatch", _request(key), got[0].position,
+                    f"{got[0].entries} results for {command.events} events",
+                )
+            )  # fmt: skip
     for key, got in found.items():
         if key not in expected:
             violations.append(
@@ -611,10 +621,14 @@ def _read_commands(bootstrap: str, topics: Topics, partitions: int) -> list[Comm
                 header_key = (headers["submitter"].decode(), int(headers["request-id"].decode()))
             try:
                 batch = decode_command_batch(message.value() or b"")
-                key: tuple[str, int] | None = (batch.submitter, batch.request_id)
             except ValueError:  # DecodeError: what the processor dead-letters
-                key = None
-            records.append(CommandRecord(_positioned(message), key, header_key))
+                records.append(CommandRecord(_positioned(message), None, header_key))
+                continue
+            events = (
+                len(batch.accounts) + len(batch.transfers) + (batch.account_command is not None)
+            )
+            key = (batch.submitter, batch.request_id)
+            records.append(CommandRecord(_positioned(message), key, header_key, events))
     return records
 
 
@@ -623,7 +637,9 @@ def _read_results(bootstrap: str, topics: Topics, partitions: int) -> list[Resul
     for partition in range(partitions):
         for message in read_committed(bootstrap, topics.results, partition, 0):
             batch = decode_result_batch(message.value() or b"")
-            records.append(ResultRecord(_positioned(message), (batch.submitter, batch.request_id)))
+            entries = None if batch.rejection is not None else len(batch.results)
+            key = (batch.submitter, batch.request_id)
+            records.append(ResultRecord(_positioned(message), key, entries))
     return records
 
 

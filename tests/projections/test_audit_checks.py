@@ -289,6 +289,12 @@ def test_one_result_per_request() -> None:
     ]
     dead = ["c[0]@2", "c[0]@3"]
     assert check_results(commands, results, dead) == []
+    # Two events, one result entry: the result count must equal the event count.
+    counted = [CommandRecord(at("c", 0), ("alice", 1), None, 2)]
+    (short,) = check_results(counted, [ResultRecord(at("r", 0), ("alice", 1), 1)], [])
+    assert (short.kind, short.position) == ("result_count_mismatch", at("r", 0))
+    rejected = [ResultRecord(at("r", 0), ("alice", 1), None)]  # refused whole: no entries
+    assert check_results(counted, rejected, []) == []
     violations = check_results(commands, [*results[1:], results[3]], dead[:1])
     assert {(v.kind, v.subject, str(v.position)) for v in violations} == {
         ("missing_result", f"request alice/{1:032x}", "c[0]@0"),
