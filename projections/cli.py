@@ -413,7 +413,10 @@ def _bench_replay(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             result = replay_events(bootstrap, topics, args.partitions, Path(tmp))
     finally:
-        _delete_topics(bootstrap, topics)
+        if args.keep_topics:
+            print(f"topics kept: LEDGER_TOPIC_PREFIX={topics.prefix}")
+        else:
+            _delete_topics(bootstrap, topics)
     print(
         f"replay: {result.events} events in {result.messages} messages in "
         f"{result.seconds:.3f} s = {result.events_per_s:,.0f} events/s"
@@ -507,6 +510,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--reads", type=int, default=2_000)
+    parser.add_argument(
+        "--keep-topics", action="store_true", help="bench-replay: keep the filled topics"
+    )
     return parser
 
 
