@@ -244,6 +244,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import urllib.error
+
     from rich.console import Console
 
     from processors.files import show_account
@@ -251,11 +253,21 @@ def _show(args: argparse.Namespace) -> int:
 
     url = args.url or f"http://127.0.0.1:{LedgerEnvironment.from_env().http_port}"
     try:
-        found = show_account(url.rstrip("/"), args.account_id, Console(), args.limit)
+        found = show_account(
+            url.rstrip("/"), args.account_id, Console(), args.limit, args.as_of, args.as_of_offset
+        )
+    except urllib.error.HTTPError as exc:  # the API refused the request: say why
+        answer = exc.read().decode(errors="replace")
+        raise CliError(f"the HTTP API answered {exc.code}: {answer}") from None
     except OSError as exc:
         raise CliError(f"cannot reach the HTTP API at {url}: {exc}; is the ledger up?") from exc
     if not found:
-        raise CliError(f"account {args.account_id} does not exist")
+        when = ""
+        if args.as_of is not None:
+            when = f" at timestamp {args.as_of}"
+        elif args.as_of_offset is not None:
+            when = f" at offset {args.as_of_offset} of its events partition"
+        raise CliError(f"account {args.account_id} does not exist{when}")
     return 0
 
 
@@ -279,7 +291,154 @@ def register_files(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     show.add_argument("account_id", type=int)
     show.add_argument("--limit", type=int, default=20, help="transfers to show")
     show.add_argument("--url", default=None, help="HTTP API (default 127.0.0.1:$LEDGER_HTTP_PORT)")
+    point = show.add_mutually_exclusive_group()
+    point.add_argument(
+        "--as-of", type=int, default=None, metavar="TIMESTAMP",
+        help="only the balances as of this timestamp (nanoseconds)",
+    )  # fmt: skip
+    point.add_argument(
+        "--as-of-offset", type=int, default=None, metavar="OFFSET",
+        help="only the balances as of this offset of the events partition owning the account",
+    )  # fmt: skip
     show.set_defaults(handler=_show)
+
+
+# --------------------------------------------------------------------------------------------
+# ledger audit | replay
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from processors.kafka_broker import ensure_broker
+    from processors.settings import LedgerEnvironment
+    from projections.audit import audit_log
+
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    bootstrap = ensure_broker()
+    started_s = time.perf_counter()
+    report = audit_log(bootstrap, environment.topics, environment.partitions, args.settle_timeout)
+    elapsed_s = time.perf_counter() - started_s
+    for violation in report.violations[: args.limit]:
+        print(f"VIOLATION {violation}")
+    if len(report.violations) > args.limit:
+        print(f"... and {len(report.violations) - args.limit} more violations")
+    counts = report.counts()
+    verdict = "clean" if report.ok else f"{len(report.violations)} VIOLATIONS"
+    print(
+        f"audit of {environment.topics.prefix}* ({environment.partitions} partitions): "
+        f"{verdict}; {counts['events']} events ({counts['log_events']} in the log), "
+        f"{counts['accounts']} accounts, {counts['transfers']} transfers, "
+        f"{counts['commands']} requests, {counts['results']} results, "
+        f"{counts['dead_letters']} dead letters, in {elapsed_s:.1f} s"
+    )
+    print(json.dumps({"ok": report.ok, **counts, "seconds": round(elapsed_s, 3)}))
+    return 0 if report.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processors.kafka_broker import ensure_broker
+    from processors.settings import LedgerEnvironment
+    from projections.cli import api_keys_from_env
+    from projections.replay import replay, total_offsets
+
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    bootstrap = ensure_broker()
+    topics, partitions = environment.topics, environment.partitions
+    keys = api_keys_from_env()
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="ledger-replay-") as scratch:
+        into = args.into if args.into is not None else Path(scratch)
+        if into.exists() and any(into.iterdir()):
+            raise CliError(f"--into {into}: not empty; a replay needs a fresh directory")
+        columns = (
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[events]}"),
+            TimeElapsedColumn(),
+        )  # fmt: skip
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(
+                "replaying", total=total_offsets(bootstrap, topics, partitions), events="0 events"
+            )
+
+            def advance(offsets_done: int, events: int) -> None:
+                progress.update(task, completed=offsets_done, events=f"{events:,} events")
+
+            try:
+                result = replay(
+                    bootstrap, topics, partitions, into, compare=not args.no_compare,
+                    api_key=min(keys) if keys else None, on_progress=advance,
+                )  # fmt: skip
+            except ConnectionError as exc:
+                raise CliError(str(exc)) from exc
+            progress.update(task, completed=progress.tasks[0].total)
+    for p in range(partitions):
+        line = f"partition {p}: offset {result.offsets[p]} hash {result.hashes[p][:16]}"
+        live = result.live.get(p)
+        if live is None:
+            line += " (no live projection to compare)"
+        elif p in result.mismatches():
+            line += (
+                f" MISMATCH: worker {live.worker} has offset {live.offset} hash "
+                f"{live.content_hash[:16]}"
+            )
+        else:
+            line += f" = worker {live.worker}"
+        print(line)
+    print(
+        f"replayed {result.events:,} events ({result.messages:,} messages) in "
+        f"{result.seconds:.2f} s = {result.events_per_s:,.0f} events/s"
+    )
+    print(json.dumps(result.summary()))
+    return 1 if result.mismatches() else 0
+
+
+def register_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = subparsers.add_parser(
+        "audit",
+        help="read the whole log and verify every invariant; exit 1 on any violation",
+        description=(
+            "Read the events, commands, results and dead-letter topics from the beginning "
+            "(committed data only) and check: balanced ledgers at every event, limits, "
+            "contiguous account versions, pending transfers resolved at most once, justified "
+            "settlement requests, one result per request (docs/AUDIT.md). Each violation names "
+            "the account, transfer or request and its log position. Honours "
+            "LEDGER_KAFKA_BOOTSTRAP, LEDGER_TOPIC_PREFIX and LEDGER_PARTITIONS."
+        ),
+    )
+    audit.add_argument("--limit", type=int, default=50, help="violations to print")
+    audit.add_argument(
+        "--settle-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="when only work in flight shows (a result or an event copy not written yet), "
+        "read the log again for this long (default 10)",
+    )  # fmt: skip
+    audit.set_defaults(handler=_audit)
+    replay = subparsers.add_parser(
+        "replay",
+        help="rebuild every projection from offset 0 and compare it with the live ones",
+        description=(
+            "Ask each live projection worker for its partitions' applied offset and content "
+            "hash (from one snapshot), replay each events partition from offset 0 exactly up to "
+            "that offset into a fresh store (partitions without a live worker: up to their end), "
+            "and compare the hashes; exit 1 naming any partition that differs. The last line is "
+            "one JSON object (events, seconds, events_per_s, partitions, matches)."
+        ),
+    )
+    replay.add_argument(
+        "--into", type=Path, default=None, help="build the stores here (default: a temporary dir)"
+    )
+    replay.add_argument(
+        "--no-compare", action="store_true", help="only rebuild and hash, ask no live worker"
+    )
+    replay.set_defaults(handler=_replay)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +564,7 @@ REGISTRARS: list[Registrar] = [
     register_processor,
     register_files,
     register_bench,
+    register_audit,
 ]
 
 

@@ -99,8 +99,28 @@ def _get(url: str) -> Any:
         raise
 
 
-def show_account(base_url: str, account_id: int, console: Console, limit: int = 20) -> bool:
-    """Print an account's balances, latest transfers and versions; False if it does not exist."""
+def show_account(
+    base_url: str,
+    account_id: int,
+    console: Console,
+    limit: int = 20,
+    as_of: int | None = None,
+    as_of_offset: int | None = None,
+) -> bool:
+    """Print an account's balances, latest transfers and versions; or with `as_of` (a
+    timestamp) or `as_of_offset` (an offset of the events partition owning the account) its
+    balances at that point. False if it does not exist (then)."""
+    if as_of is not None or as_of_offset is not None:
+        query = f"as_of={as_of}" if as_of is not None else f"as_of_offset={as_of_offset}"
+        found = _get(f"{base_url}/accounts/{account_id}?{query}")
+        if found is None:
+            return False
+        table = Table(title=f"account {account_id} as of {query.replace('=', ' ')}")
+        table.show_header = False
+        for name, value in found.items():
+            table.add_row(name, str(value))
+        console.print(table)
+        return True
     account = _get(f"{base_url}/accounts/{account_id}")
     if account is None:
         return False

@@ -67,6 +67,7 @@ __all__ = [
     "KIND_HEADER",
     "ProcessorService",
     "ServiceConfig",
+    "message_headers",
 ]
 
 log = logging.getLogger("ledger.processor")
@@ -129,7 +130,7 @@ class _Partition:
         return wall_ns if self.manual_now is None else self.manual_now
 
 
-def _headers(message: Message) -> dict[str, bytes]:
+def message_headers(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw  # consumed messages carry a list
     return {
@@ -289,7 +290,7 @@ class ProcessorService:
         partition.touched = True
         machine, out = partition.machine, partition.out
         value = message.value() or b""
-        kind = _headers(message).get(KIND_HEADER, b"request")
+        kind = message_headers(message).get(KIND_HEADER, b"request")
         try:
             if kind == KIND_FACTS:
                 machine.on_facts(decode_facts(value), out, offset)
@@ -328,7 +329,7 @@ class ProcessorService:
             "dead letter %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), reason,
         )  # fmt: skip
-        headers = _headers(message)
+        headers = message_headers(message)
         source = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         partition.dead_letters.append(
             (
@@ -590,7 +591,7 @@ class ProcessorService:
         value = message.value() or b""
         if kind == SEQUENCE:
             return decode_sequenced_entry(value)
-        header = _headers(message).get(KIND_HEADER, b"request")
+        header = message_headers(message).get(KIND_HEADER, b"request")
         if header == KIND_FACTS:
             return decode_facts(value)
         if header == KIND_APPLY:

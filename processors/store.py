@@ -328,8 +328,9 @@ class PartitionStore:
         commit survives a process crash but not a machine crash. `wal=False` writes no WAL at
         all: after a crash the database is as of its last flushed memtable, which is still a
         prefix of the commits (each commit is one batch, memtables flush whole), so only for a
-        store whose writer catches up from a changelog past the offset it records. `budget`
-        defaults to the process-wide shared one."""
+        store whose writer catches up from a changelog past the offset it records, or a bulk
+        build thrown away on a crash (a replay); `close` flushes. `budget` defaults to the
+        process-wide shared one."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.sync = sync
@@ -367,6 +368,7 @@ class PartitionStore:
         self._write_options.sync = sync and wal
         # A property in rocksdict, though its stubs declare a method.
         self._write_options.disable_wal = not wal  # type: ignore[method-assign,assignment]
+        self._wal = wal
         self._closed = False
 
     def get(self, key: bytes) -> bytes | None:
@@ -378,6 +380,11 @@ class PartitionStore:
         # Created now, so it reads the database as of this call.
         items = cast(Iterator[tuple[bytes, bytes]], self._db.items(from_key=prefix))
         return _take_prefix(items, prefix)
+
+    def snapshot_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed (key, value) pair in key order, all as of one instant (a RocksDB
+        snapshot: writes committed meanwhile are not seen)."""
+        return cast(Iterator[tuple[bytes, bytes]], self._db.snapshot().items())
 
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         """Apply puts (bytes) and deletes (None) atomically."""
@@ -395,6 +402,8 @@ class PartitionStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if not self._wal:
+                self._db.flush(True)  # the memtables hold what no WAL does
             self._db.close()
 
     def __enter__(self) -> PartitionStore:

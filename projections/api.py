@@ -265,18 +265,33 @@ class _Api:
 
     async def get_account(self, request: web.Request) -> web.Response:
         account_id = self._id(request)
-        as_of = codec.parse_as_of(request.query.items())
+        point = codec.parse_as_of(request.query.items())
         found = await self.reads.lookup_accounts([account_id])
         if not found:
             return _error(404, f"account {account_id} not found", "id")
         account = found[0]
-        if as_of is None:
+        if point is None:
             return _json(self._account(account))
-        balances = await self.reads.balances_at(account_id, as_of)
-        if balances is None:
-            return _error(404, f"account {account_id} did not exist at {as_of}", "as_of")
         asset = self.config.asset(account.ledger)
-        return _json(codec.render_balances_at(balances, as_of, asset))
+        if point.offset is not None:
+            at = await self.reads.balances_at_offset(account_id, point.offset)
+            if at is None:
+                return _error(
+                    404,
+                    f"account {account_id} did not exist at offset {point.offset} of its events "
+                    "partition",
+                    "as_of_offset",
+                )
+            return _json(
+                codec.render_balances_at(
+                    at.balances, at.timestamp, asset, (at.partition, at.offset)
+                )
+            )
+        assert point.timestamp is not None
+        balances = await self.reads.balances_at(account_id, point.timestamp)
+        if balances is None:
+            return _error(404, f"account {account_id} did not exist at {point.timestamp}", "as_of")
+        return _json(codec.render_balances_at(balances, point.timestamp, asset))
 
     async def account_transfers(self, request: web.Request) -> web.Response:
         account_filter = codec.parse_account_filter(self._id(request), request.query.items())

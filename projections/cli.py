@@ -2,6 +2,7 @@
 
     python -m projections --worker <name> [--http-port <port>] [--data-dir <dir>]
     python -m projections bench [--events 200000] [--partitions 8] [--reads 2000]
+    python -m projections bench-replay [--events 200000] [--partitions 8]
 
 Environment: LEDGER_KAFKA_BOOTSTRAP (else the local broker is started or reused),
 LEDGER_TOPIC_PREFIX, LEDGER_PARTITIONS, LEDGER_DATA_DIR, LEDGER_HTTP_PORT (default 8080),
@@ -358,15 +359,15 @@ async def run_worker(
 # bench: the worker's fold speed over a prepared events topic, and the read-your-writes cost
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from processors.kafka_broker import ensure_broker
+def _produce_bench_events(bootstrap: str, topics: Topics, args: argparse.Namespace) -> int:
+    """Fill a fresh events topic with `args.events` random transfers among `args.accounts`
+    accounts, each event in every owner's partition as processors write them; returns the
+    number of events in the log (copies included)."""
     from processors.ledger import event_owners
     from projections.bench_fold import transfer_messages
     from schemas.codec import encode_event_batch
     from schemas.messages import EventBatch
 
-    bootstrap = ensure_broker()
-    topics = Topics(f"bench-projections-{uuid.uuid4().hex[:8]}.")
     ensure_topics(bootstrap, topics, args.partitions)
     per_message = args.events_per_message
     messages = transfer_messages(args.accounts, args.events // per_message, per_message, 1)
@@ -383,10 +384,45 @@ def _bench(args: argparse.Namespace) -> int:
     producer.flush(60)
     transfers = sum(len(m) for m in messages[1:])
     print(f"topic {topics.events}: {log_events} events ({transfers} transfers) produced")
+    return log_events
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from processors.kafka_broker import ensure_broker
+
+    bootstrap = ensure_broker()
+    topics = Topics(f"bench-projections-{uuid.uuid4().hex[:8]}.")
+    log_events = _produce_bench_events(bootstrap, topics, args)
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(_bench_worker(bootstrap, topics, args, Path(tmp), log_events))
     _delete_topics(bootstrap, topics)
     return result
+
+
+def _bench_replay(args: argparse.Namespace) -> int:
+    """`ledger replay`'s fold over a prepared events topic (no live workers): events/s."""
+    import json
+
+    from processors.kafka_broker import ensure_broker
+    from projections.replay import replay_events
+
+    bootstrap = ensure_broker()
+    topics = Topics(f"bench-replay-{uuid.uuid4().hex[:8]}.")
+    _produce_bench_events(bootstrap, topics, args)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = replay_events(bootstrap, topics, args.partitions, Path(tmp))
+    finally:
+        if args.keep_topics:
+            print(f"topics kept: LEDGER_TOPIC_PREFIX={topics.prefix}")
+        else:
+            _delete_topics(bootstrap, topics)
+    print(
+        f"replay: {result.events} events in {result.messages} messages in "
+        f"{result.seconds:.3f} s = {result.events_per_s:,.0f} events/s"
+    )
+    print(json.dumps({**result.summary(), "accounts": args.accounts}))
+    return 0
 
 
 async def _bench_worker(
@@ -474,6 +510,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--reads", type=int, default=2_000)
+    parser.add_argument(
+        "--keep-topics", action="store_true", help="bench-replay: keep the filled topics"
+    )
     return parser
 
 
@@ -481,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench(build_bench_parser().parse_args(argv[1:]))
+    if argv[:1] == ["bench-replay"]:
+        return _bench_replay(build_bench_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         asyncio.run(run_worker(args.worker, args.http_port, args.data_dir, host=args.host))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas import BATCH_EVENTS_MAX, TIMESTAMP_MAX, U128_MAX
+from schemas import BATCH_EVENTS_MAX, TIMESTAMP_MAX, U128_MAX, Balances
 
-__all__ = ["AccountFilter", "BalanceEntry", "QueryFilter", "effective_limit"]
+__all__ = ["AccountFilter", "BalanceEntry", "BalancesAtOffset", "QueryFilter", "effective_limit"]
 
 
 def _timestamps_valid(timestamp_min: int, timestamp_max: int) -> bool:
@@ -73,6 +73,17 @@ class QueryFilter:
 
     def valid(self) -> bool:
         return self.limit > 0 and _timestamps_valid(self.timestamp_min, self.timestamp_max)
+
+
+@dataclass(frozen=True, slots=True)
+class BalancesAtOffset:
+    """An account's balances as of a log position: after the messages up to `offset` of
+    `partition`, the events partition that owns the account."""
+
+    balances: Balances
+    timestamp: int  # of the last transfer event they reflect; 0 if none
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)

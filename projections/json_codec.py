@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any, Final, Protocol
 
@@ -51,6 +52,7 @@ __all__ = [
     "CodecError",
     "CommandResultLike",
     "CreateResultLike",
+    "PointInTime",
     "dumps",
     "flag_names",
     "loads",
@@ -437,10 +439,25 @@ def parse_account_filter(account_id: int, items: Iterable[tuple[str, str]]) -> A
     )
 
 
-def parse_as_of(items: Iterable[tuple[str, str]]) -> int | None:
-    """GET /accounts/{id}: the optional `as_of` timestamp."""
-    params = _params(items, ("as_of",))
-    return _unsigned(params["as_of"], 64, "as_of") if "as_of" in params else None
+@dataclass(frozen=True, slots=True)
+class PointInTime:
+    """GET /accounts/{id}?as_of= | ?as_of_offset=: one of the two is set."""
+
+    timestamp: int | None = None  # as_of: a timestamp (nanoseconds)
+    offset: int | None = None  # as_of_offset: an offset of the events partition owning it
+
+
+def parse_as_of(items: Iterable[tuple[str, str]]) -> PointInTime | None:
+    """GET /accounts/{id}: the optional `as_of` timestamp or `as_of_offset` log position
+    (the offset in the events partition that owns the account), not both."""
+    params = _params(items, ("as_of", "as_of_offset"))
+    if "as_of" in params and "as_of_offset" in params:
+        raise CodecError("as_of_offset", "give either as_of or as_of_offset, not both")
+    if "as_of" in params:
+        return PointInTime(timestamp=_unsigned(params["as_of"], 64, "as_of"))
+    if "as_of_offset" in params:
+        return PointInTime(offset=_unsigned(params["as_of_offset"], 63, "as_of_offset"))
+    return None
 
 
 def parse_no_params(items: Iterable[tuple[str, str]]) -> None:
@@ -544,10 +561,18 @@ def render_balance_entry(e: BalanceEntry) -> dict[str, Any]:
     }
 
 
-def render_balances_at(b: Balances, as_of: int, asset: Asset) -> dict[str, Any]:
-    """GET /accounts/{id}?as_of=: the account's balances as of a timestamp."""
+def render_balances_at(
+    b: Balances, as_of: int, asset: Asset, at_offset: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """GET /accounts/{id}?as_of=: the account's balances as of a timestamp; with `at_offset`
+    (partition, offset), ?as_of_offset=: as of that log position, `as_of` then being the
+    timestamp of the last transfer event they reflect (0: none)."""
+    position = (
+        {} if at_offset is None else {"partition": at_offset[0], "as_of_offset": str(at_offset[1])}
+    )
     return {
         "id": str(b.account_id),
+        **position,
         "as_of": str(as_of),
         "debits_pending": str(b.debits_pending),
         "debits_posted": str(b.debits_posted),

@@ -15,13 +15,19 @@ bytewise order is numeric order:
     0x02 account version id:u128 version:u64        -> Account (the record at that version)
     0x03 transfer        id:u128                    -> Transfer
     0x04 pending status  id:u128                    -> status:u8 (pending transfers only)
-    0x05 account entry   account:u128 ~timestamp:u64 -> side:u8 dp dpo cp cpo [Transfer]
+    0x05 account entry   account:u128 ~timestamp:u64 -> side:u8 dp dpo cp cpo offset:u64
+                                                       [Transfer]
     0x06 settlement      account:u128 timestamp:u64 -> transfer id:u128 amount:u128 balance:i136
     0x07 account by ts   timestamp:u64              -> id:u128 user_data_128:u128
                                                        user_data_64:u64 user_data_32:u32
-                                                       ledger:u32 code:u16
+                                                       ledger:u32 code:u16 offset:u64
     0x08 transfer by ts  timestamp:u64              -> Transfer
-    0x09 meta            name                       -> value (the applied offset: u64)
+    0x09 meta            name                       -> value (the applied offset: u64; the
+                                                       last sequence offset folded: i64; the
+                                                       layout version: u8)
+
+`offset` is the events offset of the message that wrote the entry (or created the account):
+what the balances as of a log position are read by (`balances_at_offset`).
 
 Records use the processors' encoders (`processors.store`); balances are u128 as hi/lo u64
 pairs, as there. `~timestamp` is 2^64-1-timestamp: an account's entries iterate newest first.
@@ -48,6 +54,7 @@ is ignored: applying an event twice changes nothing, across restarts too.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -61,7 +68,13 @@ from processors.store import (
     encode_account,
     encode_transfer,
 )
-from projections.filters import AccountFilter, BalanceEntry, QueryFilter, effective_limit
+from projections.filters import (
+    AccountFilter,
+    BalanceEntry,
+    BalancesAtOffset,
+    QueryFilter,
+    effective_limit,
+)
 from schemas import (
     U128_MAX,
     Account,
@@ -77,14 +90,20 @@ from schemas import (
     TransferFailed,
     TransferKind,
 )
-from schemas.partitioning import partition_of
+from schemas.partitioning import owned_by
 
 __all__ = [
     "AccountFilter",
     "BalanceEntry",
+    "OlderLayout",
     "PartitionProjection",
     "QueryFilter",
 ]
+
+
+class OlderLayout(ValueError):
+    """A store written with an older key layout: it must be rebuilt from the events topic."""
+
 
 # Key prefixes (see the module docstring).
 _ACCOUNT: Final = b"\x01"
@@ -99,6 +118,8 @@ _META: Final = b"\x09"
 
 _OFFSET_KEY: Final = _META + b"offset"
 _SEQUENCE_KEY: Final = _META + b"sequence"  # the last sequence offset folded (signed i64)
+_LAYOUT_KEY: Final = _META + b"layout"
+_LAYOUT: Final = b"\x02"  # 2: entries and the account index carry the message offset
 
 # Account entry side bits.
 _DEBIT: Final = 0x01
@@ -109,11 +130,13 @@ _SIDE_BYTES: Final = tuple(bytes([side]) for side in range(8))
 _U64_MAX: Final = (1 << 64) - 1
 _LOW64: Final = _U64_MAX
 _BALANCES: Final = struct.Struct(">8Q")
-_ENTRY_HEAD_SIZE: Final = 1 + _BALANCES.size  # side, balances; then the transfer
+_ENTRY_OFFSET_AT: Final = 1 + _BALANCES.size  # side, balances, offset; then the transfer
+_ENTRY_HEAD_SIZE: Final = _ENTRY_OFFSET_AT + 8
 _ID_KEY_TS_AT: Final = 1 + 16  # where the timestamp starts in an (id, timestamp) key
-_ACCOUNT_INDEX: Final = struct.Struct(">QQQQQIIH")
+_ACCOUNT_INDEX: Final = struct.Struct(">QQQQQIIHQ")  # ... and the creating message's offset
 _SETTLEMENT_VALUE: Final = struct.Struct(">QQQQ")  # transfer id, amount; then a signed balance
 _SIGNED_WIDTH: Final = 17  # a net balance reaches ±(2^128 - 1)
+_HASH_LENGTHS: Final = struct.Struct(">I")
 
 _PENDING_STATUSES: Final = tuple(PendingStatus)  # indexed by value
 _PENDING_NOW: Final = bytes([PendingStatus.PENDING])
@@ -135,10 +158,16 @@ class PartitionProjection:
         self.store = store
         self.partition = partition
         self.partitions = partitions
+        self._owns = owned_by(partition, partitions)
         stored = store.get(_OFFSET_KEY)
         self._offset = -1 if stored is None else int.from_bytes(stored, "big")
         stored = store.get(_SEQUENCE_KEY)
         self._sequence = -1 if stored is None else int.from_bytes(stored, "big", signed=True)
+        if self._offset >= 0 and store.get(_LAYOUT_KEY) != _LAYOUT:
+            raise OlderLayout(
+                f"the projection store {store.path} has an older key layout: delete it, the "
+                "worker rebuilds it from the events topic"
+            )
 
     def applied_offset(self) -> int:
         """The offset of the last message applied; -1 if none."""
@@ -149,40 +178,81 @@ class PartitionProjection:
         had folded by the last message applied; -1 if none."""
         return self._sequence
 
-    def _owns(self, key: int) -> bool:
-        return self.partitions == 1 or partition_of(key, self.partitions) == self.partition
-
     # Folding ----------------------------------------------------------------------------------
 
     def apply(self, offset: int, events: list[Event], sequence: int = -1) -> bool:
         """Fold the events of the message at `offset` (which names the last `sequence` offset
         its processor folded, -1 if none); False (and nothing) if already applied."""
-        if offset <= self._offset:
-            return False
-        # Every write of the message, in event order (a later write of a key wins), then one
-        # atomic batch with the offset.
+        return self.apply_many([(offset, events, sequence)]) == 1
+
+    def apply_many(self, messages: Iterable[tuple[int, list[Event], int]]) -> int:
+        """Fold several messages (offset, events, sequence), in offset order, in one atomic
+        batch with the offset of the last: the store ends exactly as after applying them one
+        by one (a later write of a key wins), for one RocksDB write (replay's bulk path).
+        Messages at offsets already applied are skipped; returns how many were applied."""
         changes: dict[bytes, bytes | None] = {}
         fold_transfer = self._fold_transfer
-        for event in events:
-            kind = type(event)
-            if kind is TransferApplied:
-                fold_transfer(event, changes)  # type: ignore[arg-type]
-            elif kind is AccountCreated or kind is AccountChanged:
-                self._fold_account(event, changes)  # type: ignore[arg-type]
-            elif kind is SettlementRequested:
-                self._fold_settlement(event, changes)  # type: ignore[arg-type]
-            elif kind is not TransferFailed:  # a burnt id shows in no read model
-                raise TypeError(f"not a ledger event: {event!r}")
+        offset = self._offset
+        sequence = self._sequence
+        applied = 0
+        for message_offset, events, message_sequence in messages:
+            if message_offset <= offset:
+                continue
+            at = message_offset.to_bytes(8, "big")
+            for event in events:
+                kind = type(event)
+                if kind is TransferApplied:
+                    fold_transfer(event, at, changes)  # type: ignore[arg-type]
+                elif kind is AccountCreated or kind is AccountChanged:
+                    self._fold_account(event, at, changes)  # type: ignore[arg-type]
+                elif kind is SettlementRequested:
+                    self._fold_settlement(event, changes)  # type: ignore[arg-type]
+                elif kind is not TransferFailed:  # a burnt id shows in no read model
+                    raise TypeError(f"not a ledger event: {event!r}")
+            offset = message_offset
+            sequence = max(sequence, message_sequence)
+            applied += 1
+        if not applied:
+            return 0
         changes[_OFFSET_KEY] = offset.to_bytes(8, "big")
+        if self._offset < 0:
+            changes[_LAYOUT_KEY] = _LAYOUT
         if sequence > self._sequence:
             changes[_SEQUENCE_KEY] = sequence.to_bytes(8, "big", signed=True)
         self.store.write(changes)
         self._offset = offset
-        self._sequence = max(self._sequence, sequence)
-        return True
+        self._sequence = sequence
+        return applied
+
+    def content_hash(self) -> tuple[int, str]:
+        """(applied offset, content hash) of the store, both read from one RocksDB snapshot,
+        so they belong together even while the worker folds.
+
+        The hash is SHA-256 over every (key, value) pair in key order, each as
+        `len(key):u32 key len(value):u32 value`, except the applied offset key: that is the
+        position the hash was taken at (returned beside it), not content. Two stores that
+        folded the same messages hash equal however they were batched (`apply_many`); the
+        last sequence offset folded (meta `sequence`) is content and is hashed."""
+        digest = hashlib.sha256()
+        offset = -1
+        parts: list[bytes] = []
+        extend, lengths = parts.extend, _HASH_LENGTHS.pack
+        for key, value in self.store.snapshot_items():
+            if key == _OFFSET_KEY:
+                offset = int.from_bytes(value, "big")
+                continue
+            extend((lengths(len(key)), key, lengths(len(value)), value))
+            if len(parts) >= 40_000:  # one update per many pairs: the same digest, faster
+                digest.update(b"".join(parts))
+                parts.clear()
+        digest.update(b"".join(parts))
+        return offset, digest.hexdigest()
 
     def _fold_account(
-        self, event: AccountCreated | AccountChanged, changes: dict[bytes, bytes | None]
+        self,
+        event: AccountCreated | AccountChanged,
+        at: bytes,
+        changes: dict[bytes, bytes | None],
     ) -> None:
         account = event.account
         account_id = account.id
@@ -197,9 +267,12 @@ class PartitionProjection:
             changes[_ACCOUNT_BY_TS + account.timestamp.to_bytes(8, "big")] = _ACCOUNT_INDEX.pack(
                 account_id >> 64, account_id & _LOW64, u >> 64, u & _LOW64,
                 account.user_data_64, account.user_data_32, account.ledger, account.code,
+                int.from_bytes(at, "big"),
             )  # fmt: skip
 
-    def _fold_transfer(self, event: TransferApplied, changes: dict[bytes, bytes | None]) -> None:
+    def _fold_transfer(
+        self, event: TransferApplied, at: bytes, changes: dict[bytes, bytes | None]
+    ) -> None:
         transfer = event.transfer
         kind = event.kind
         owns = self._owns
@@ -226,12 +299,12 @@ class PartitionProjection:
         debit = event.debit
         if debit is not None and owns(debit.account_id):
             changes[_ENTRY + debit.account_id.to_bytes(16, "big") + inverted_ts] = (
-                _SIDE_BYTES[_DEBIT | side_extra] + _pack_balances(debit) + payload
+                _SIDE_BYTES[_DEBIT | side_extra] + _pack_balances(debit) + at + payload
             )
         credit = event.credit
         if credit is not None and owns(credit.account_id):
             changes[_ENTRY + credit.account_id.to_bytes(16, "big") + inverted_ts] = (
-                _SIDE_BYTES[_CREDIT | side_extra] + _pack_balances(credit) + payload
+                _SIDE_BYTES[_CREDIT | side_extra] + _pack_balances(credit) + at + payload
             )
 
     def _fold_settlement(
@@ -316,6 +389,29 @@ class PartitionProjection:
                 return Balances(account_id, *_unpack_balances(value))
         return Balances(account_id, 0, 0, 0, 0)
 
+    def balances_at_offset(self, account_id: int, offset: int) -> BalancesAtOffset | None:
+        """An owned account's balances after the messages of this events partition up to
+        `offset` (an offset past the last message folded means now), with the timestamp of the
+        last transfer event they reflect (0 if none yet); None if the account did not exist
+        then. Exact: each entry names the message that wrote it."""
+        if not 0 <= account_id <= U128_MAX or offset < 0:
+            return None
+        id_bytes = account_id.to_bytes(16, "big")
+        data = self.store.get(_ACCOUNT + id_bytes)
+        if data is None:
+            return None
+        created = decode_account(data[8:]).timestamp
+        index = self.store.get(_ACCOUNT_BY_TS + created.to_bytes(8, "big"))
+        assert index is not None, account_id  # indexed when created, never deleted
+        if _ACCOUNT_INDEX.unpack(index)[-1] > offset:
+            return None
+        # Newest first; an account's entries are in log order too (its history is serial).
+        for key, value in self.store.scan(_ENTRY + id_bytes):
+            if int.from_bytes(value[_ENTRY_OFFSET_AT:_ENTRY_HEAD_SIZE], "big") <= offset:
+                balances = Balances(account_id, *_unpack_balances(value))
+                return BalancesAtOffset(balances, _entry_timestamp(key), self.partition, offset)
+        return BalancesAtOffset(Balances(account_id, 0, 0, 0, 0), 0, self.partition, offset)
+
     # get_account_transfers / get_account_balances --------------------------------------------
 
     def account_transfers(self, f: AccountFilter) -> list[Transfer]:
@@ -382,7 +478,9 @@ class PartitionProjection:
 
     def _matching_account_ids(self, f: QueryFilter) -> Iterator[int]:
         for _key, value in self._timestamp_range(_ACCOUNT_BY_TS, f):
-            ih, il, uh, ul, user_data_64, user_data_32, ledger, code = _ACCOUNT_INDEX.unpack(value)
+            ih, il, uh, ul, user_data_64, user_data_32, ledger, code, _at = _ACCOUNT_INDEX.unpack(
+                value
+            )
             if (
                 (f.user_data_128 and f.user_data_128 != uh << 64 | ul)
                 or (f.user_data_64 and f.user_data_64 != user_data_64)

@@ -243,7 +243,16 @@ def _schemas() -> dict[str, Any]:
         "BalancesAt": _object(
             {
                 "id": _UINT_OUT,
-                "as_of": _UINT_OUT,
+                "partition": {
+                    "type": "integer",
+                    "description": "with as_of_offset: the events partition owning the account",
+                },
+                "as_of_offset": {**_UINT_OUT, "description": "with as_of_offset: the offset"},
+                "as_of": {
+                    **_UINT_OUT,
+                    "description": "the timestamp; with as_of_offset, that of the last "
+                    "transfer event the balances reflect (0: none yet)",
+                },
                 **balances,
                 "ledger_balance": _INT_OUT,
                 "available_balance": _INT_OUT,
@@ -410,14 +419,24 @@ def _paths(clock: bool) -> dict[str, Any]:
         },
         "/accounts/{id}": {
             "get": {
-                "summary": "The account; with as_of, its balances as of that timestamp",
-                "parameters": [_ID, _query("as_of", _UINT_OUT, "a timestamp (nanoseconds)")],
+                "summary": ("The account; with as_of or as_of_offset, its balances at that point"),
+                "parameters": [
+                    _ID,
+                    _query("as_of", _UINT_OUT, "a timestamp (nanoseconds)"),
+                    _query(
+                        "as_of_offset",
+                        _UINT_OUT,
+                        "a log position: the offset in the events partition that owns the "
+                        "account (partition_of(id)); the balances after the messages up to it "
+                        "(past the end: now). Not with as_of.",
+                    ),
+                ],
                 "responses": {
                     "200": _ok(
                         "the account (BalancesAt with as_of)",
                         {"oneOf": [_ref("Account"), _ref("BalancesAt")]},
                     ),
-                    "404": {**_ERROR, "description": "no such account (at as_of)"},
+                    "404": {**_ERROR, "description": "no such account (at that point)"},
                     **_ERRORS,
                 },
             }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from projections.filters import AccountFilter, BalanceEntry, QueryFilter
+from projections.filters import AccountFilter, BalanceEntry, BalancesAtOffset, QueryFilter
 from schemas import Account, Balances, PendingStatus, SettlementRequested, Transfer
 
 __all__ = ["Reads"]
@@ -38,6 +38,11 @@ class Reads(Protocol):
 
     async def balances_at(self, account_id: int, timestamp: int) -> Balances | None:
         """The account's balances as of `timestamp` (None: it did not exist then)."""
+        ...
+
+    async def balances_at_offset(self, account_id: int, offset: int) -> BalancesAtOffset | None:
+        """The account's balances after the messages up to `offset` of the events partition
+        that owns it (None: it did not exist then)."""
         ...
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]: ...

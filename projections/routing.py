@@ -41,7 +41,7 @@ from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re
 
 from processors.setup import partition_count
 from processors.store import decode_account, decode_transfer, encode_account, encode_transfer
-from projections.filters import AccountFilter, BalanceEntry, QueryFilter
+from projections.filters import AccountFilter, BalanceEntry, BalancesAtOffset, QueryFilter
 from projections.merge import in_request_order, merge_query_accounts, merge_query_transfers
 from projections.model import PartitionProjection
 from projections.worker import NotOwned, PartitionBehind, ProjectionWorker, WorkerFailed
@@ -325,6 +325,15 @@ class RoutedReads:
         )
         return None if answer is None else Balances(*answer)
 
+    async def balances_at_offset(self, account_id: int, offset: int) -> BalancesAtOffset | None:
+        answer = await self._one(
+            "balances_at_offset", account_id, {"account_id": account_id, "offset": offset}
+        )
+        if answer is None:
+            return None
+        balances, timestamp, partition, at = answer
+        return BalancesAtOffset(Balances(*balances), timestamp, partition, at)
+
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
         answers = await self._everywhere("query_accounts", {"filter": asdict(query_filter)})
         return merge_query_accounts(
@@ -570,6 +579,21 @@ def _balances_at(projection: PartitionProjection, args: dict[str, Any]) -> Any:
     return [b.account_id, b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted]
 
 
+def _balances_at_offset(projection: PartitionProjection, args: dict[str, Any]) -> Any:
+    found = projection.balances_at_offset(args["account_id"], args["offset"])
+    if found is None:
+        return None
+    b = found.balances
+    balances = [
+        b.account_id,
+        b.debits_pending,
+        b.debits_posted,
+        b.credits_pending,
+        b.credits_posted,
+    ]
+    return [balances, found.timestamp, found.partition, found.offset]
+
+
 def _query_accounts(projection: PartitionProjection, args: dict[str, Any]) -> list[Account]:
     return projection.query_accounts(QueryFilter(**args["filter"]))
 
@@ -595,12 +619,15 @@ _OPS: Final[dict[str, Callable[[PartitionProjection, dict[str, Any]], Any]]] = {
     "account_versions": _account_versions,
     "settlements": _settlements,
     "balances_at": _balances_at,
+    "balances_at_offset": _balances_at_offset,
     "query_accounts": _query_accounts,
     "query_transfers": _query_transfers,
     "applied_sequence": lambda projection, _args: projection.applied_sequence(),
+    # [applied offset, content hash] from one snapshot: what `ledger replay` compares with.
+    "content_hash": lambda projection, _args: list(projection.content_hash()),
 }
 _MERGED_OPS: Final = frozenset({"query_accounts", "query_transfers"})
-_PER_PARTITION_OPS: Final = frozenset({"applied_sequence"})
+_PER_PARTITION_OPS: Final = frozenset({"applied_sequence", "content_hash"})
 _SEQUENCE_POLL_S: Final = 0.002
 _ID_OPS: Final = frozenset({"lookup_accounts", "lookup_transfers"})
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec  # where it is defined (and typed)
 
 from processors.store import MemoryBudget, PartitionStore
-from projections.model import PartitionProjection
+from projections.model import OlderLayout, PartitionProjection
 from schemas.codec import decode_event_batch
 from schemas.topics import Topics
 
@@ -397,9 +398,7 @@ class ProjectionWorker:
         starts = []
         for tp in partitions:
             p = tp.partition
-            path = self.config.state_dir / f"partition-{p}"
-            store = PartitionStore(path, sync=self.config.sync_writes, budget=self._budget)
-            projection = PartitionProjection(store, p, self.config.partitions)
+            projection = self._open(p)
             applied = projection.applied_offset()
             with self._lock:
                 self._owned[p] = _Owned(projection)
@@ -411,6 +410,19 @@ class ProjectionWorker:
         log.info("worker %s assigned %s", self.config.worker, sorted(tp.partition for tp in starts))
         self._assigned_once.set()
         self._announce()
+
+    def _open(self, partition: int) -> PartitionProjection:
+        path = self.config.state_dir / f"partition-{partition}"
+        store = PartitionStore(path, sync=self.config.sync_writes, budget=self._budget)
+        try:
+            return PartitionProjection(store, partition, self.config.partitions)
+        except OlderLayout as exc:
+            # Derived data only: rebuilt from the log, as a new owner without a store would.
+            log.warning("%s; rebuilding it", exc)
+            store.close()
+            shutil.rmtree(path)
+            store = PartitionStore(path, sync=self.config.sync_writes, budget=self._budget)
+            return PartitionProjection(store, partition, self.config.partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._release(consumer, partitions)

@@ -11,6 +11,7 @@ import pytest
 
 from processors.setup import ensure_topics
 from processors.supervisor import Supervisor
+from projections.audit import audit_log
 from schemas.topics import Topics
 from tests.pipeline.harness import pipeline_env
 from tests.projections.http_driver import HttpScenarioDriver, UrllibSession
@@ -53,6 +54,12 @@ def scenario_api(
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])
-def test_scenario_over_http(scenario: dict[str, Any], scenario_api: str) -> None:
+def test_scenario_over_http(
+    scenario: dict[str, Any], scenario_api: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
     driver = HttpScenarioDriver(scenario_api, UrllibSession(timeout_s=60))
     assert run_scenario(driver, scenario) == len(scenario["steps"])
+    # And the log it left audits clean (SPEC §6), results included.
+    report = audit_log(kafka_bootstrap, Topics(topic_prefix), PARTITIONS)
+    assert report.ok, "\n".join(map(str, report.violations))
+    assert report.results == report.commands

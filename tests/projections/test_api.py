@@ -35,7 +35,7 @@ from producers import (
     RequestRejected,
 )
 from projections.api import BODY_MAX_BYTES, create_app
-from projections.filters import AccountFilter, BalanceEntry, QueryFilter
+from projections.filters import AccountFilter, BalanceEntry, BalancesAtOffset, QueryFilter
 from projections.json_codec import render_account, render_balance_entry, render_transfer
 from projections.merge import in_request_order, merge_query_accounts, merge_query_transfers
 from projections.model import PartitionProjection
@@ -104,6 +104,9 @@ class ProjectionReads:
 
     async def balances_at(self, account_id: int, timestamp: int) -> Balances | None:
         return self._owner(account_id).balances_at(account_id, timestamp)
+
+    async def balances_at_offset(self, account_id: int, offset: int) -> BalancesAtOffset | None:
+        return self._owner(account_id).balances_at_offset(account_id, offset)
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
         answers = [p.query_accounts(query_filter) for p in self.projections]

@@ -280,7 +280,11 @@ def test_account_filter_params() -> None:
         "user_data_32"
     )
     assert codec.parse_as_of([]) is None
-    assert codec.parse_as_of([("as_of", "17")]) == 17
+    assert codec.parse_as_of([("as_of", "17")]) == codec.PointInTime(timestamp=17)
+    assert codec.parse_as_of([("as_of_offset", "5")]) == codec.PointInTime(offset=5)
+    both = [("as_of", "1"), ("as_of_offset", "5")]
+    assert error_of(codec.parse_as_of, both).field == "as_of_offset"
+    assert error_of(codec.parse_as_of, [("as_of_offset", "-1")]).field == "as_of_offset"
     assert error_of(codec.parse_as_of, [("at", "17")]).field == "at"
 
 
