@@ -80,6 +80,7 @@ KIND_CLOCK_TO = b"clock-to"  # tests: set it (8-byte signed ns since the epoch)
 ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
 EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
 TRANSACTION_PRODUCERS = 3
+STATS_INTERVAL_S = 30.0  # how often the loop logs what it did
 GC_INTERVAL_S = 30.0  # how often the processor collects reference cycles (see run())
 _META_EVENTS_OFFSET = "events_offset"
 _META_CHECKPOINT = "checkpoint"
@@ -130,6 +131,27 @@ class _Partition:
         return wall_ns if self.manual_now is None else self.manual_now
 
 
+@dataclass
+class _Stats:
+    """What the loop did since the last report (logged every STATS_INTERVAL_S)."""
+
+    since: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    messages: int = 0
+    busy_s: float = 0.0  # deciding and committing, from the end of the poll
+    commit_s: float = 0.0  # the transaction's round trips (offsets, commit)
+
+    def report(self) -> str:
+        elapsed_s = max(time.monotonic() - self.since, 1e-9)
+        steps = max(self.steps, 1)
+        return (
+            f"{self.steps / elapsed_s:.0f} steps/s, {self.messages / steps:.1f} messages/step, "
+            f"busy {100 * self.busy_s / elapsed_s:.0f}%, "
+            f"{1000 * self.busy_s / steps:.1f} ms/step of which commit "
+            f"{1000 * self.commit_s / steps:.1f} ms"
+        )
+
+
 def message_headers(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw  # consumed messages carry a list
@@ -154,6 +176,7 @@ class ProcessorService:
         self.partitions: dict[int, _Partition] = {}
         self._events_delivered: dict[int, int] = {}
         self._last_tick = 0.0
+        self.stats = _Stats()
         common = {"bootstrap.servers": config.bootstrap}
         self.consumer = Consumer(
             {
@@ -256,6 +279,7 @@ class ProcessorService:
         tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
         if not messages and not sequenced and not tick:
             return
+        polled = time.monotonic()
         taken = 0
         for index, message in enumerate(messages):
             if taken >= self.config.step_bytes_max:
@@ -275,6 +299,13 @@ class ProcessorService:
             partition.machine.end_step(partition.out)  # sequence what the step gathered
             partition.touched |= bool(partition.out)
         self._commit()
+        stats = self.stats
+        stats.steps += 1
+        stats.messages += len(messages)
+        stats.busy_s += time.monotonic() - polled
+        if time.monotonic() - stats.since >= STATS_INTERVAL_S:
+            log.info("loop: %s", stats.report())
+            self.stats = _Stats()
 
     def _on_command(self, message: Message, now: int) -> None:
         error = message.error()
@@ -392,10 +423,12 @@ class ProcessorService:
                 TopicPartition(self.topics.commands, p.index, p.commands_next)
                 for p in self.partitions.values()
             ]
+            produced = time.monotonic()
             producer.send_offsets_to_transaction(
                 offsets, self.consumer.consumer_group_metadata(), 30
             )
             producer.commit_transaction(30)
+            self.stats.commit_s += time.monotonic() - produced
         except KafkaException as exc:
             self._transaction_failed(exc)
             return
