@@ -98,6 +98,15 @@ def replay_events(bootstrap: str, topics: Topics, partitions: int) -> MemoryStat
     return state
 
 
+def headers_of(message: Message) -> list[tuple[str, bytes]]:
+    """A consumed message's headers, in order (a header without a value as b"")."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
+    ]
+
+
 class Tail:
     """Follows one partition from offset 0 (committed messages only), keeping what it read."""
 

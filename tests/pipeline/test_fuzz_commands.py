@@ -35,7 +35,13 @@ from schemas.codec import decode_result_batch, encode_command_batch
 from schemas.messages import AccountCommandKind, CommandBatch, Operation, ResultBatch
 from schemas.topics import Topics, results_partition
 from tests.pipeline import workload
-from tests.pipeline.harness import ProcessorProcess, Tail, pipeline_env, replay_events
+from tests.pipeline.harness import (
+    ProcessorProcess,
+    Tail,
+    headers_of,
+    pipeline_env,
+    replay_events,
+)
 from tests.pipeline.malformed import (
     Malformed,
     content_invalid_requests,
@@ -51,7 +57,7 @@ PER_ROUND = int(os.environ.get("LEDGER_FUZZ_PER_ROUND", "40"))
 SUBMITTER = "fuzz-submitter"  # the name addressed malformed messages carry
 WAIT_S = 30.0
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 # Headers as a careless or hostile producer sets them: names the processor reads or writes
 # (`reason` and `source` are the dead letter's own), values that are no request id.
@@ -151,8 +157,8 @@ class Fuzz:
         """The dead letters read so far, by their `source` header."""
         messages = self.dead_letters.messages
         for message in messages[self._letters_read :]:
-            for name, value in message.headers() or []:
-                if name == "source" and value is not None:
+            for name, value in headers_of(message):
+                if name == "source":
                     self.letters.setdefault(value.decode(), []).append(message)
         self._letters_read = len(messages)
         return self.letters
@@ -176,7 +182,7 @@ class Fuzz:
         assert arrived, f"no dead letter for {missing[:5]}\n{self.processor.tail()}"
         for src, sent in wanted.items():
             (letter,) = found[src]  # exactly one
-            headers = letter.headers() or []
+            headers = headers_of(letter)
             names = Counter(name for name, _ in headers)
             assert names["reason"] == 1 and names["source"] == 1, (sent.malformed.how, headers)
             reason = dict(headers)["reason"]
@@ -264,16 +270,12 @@ def fuzz(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Fu
 
 def _without_timestamps(state: MemoryState) -> tuple[dict[int, Account], dict[int, Transfer]]:
     """The ledger's contents; timestamps differ (wall clock vs the reference's counter)."""
-    accounts = {}
-    for account_id, account in state.accounts.items():
-        copy = account.copy()
-        copy.timestamp = 0
-        accounts[account_id] = copy
-    transfers = {}
-    for transfer_id, transfer in state.transfers.items():
-        copy = transfer.copy()
-        copy.timestamp = 0
-        transfers[transfer_id] = copy
+    accounts = {account_id: account.copy() for account_id, account in state.accounts.items()}
+    for account in accounts.values():
+        account.timestamp = 0
+    transfers = {transfer_id: t.copy() for transfer_id, t in state.transfers.items()}
+    for transfer in transfers.values():
+        transfer.timestamp = 0
     return accounts, transfers
 
 
