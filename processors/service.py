@@ -42,6 +42,7 @@ from processors.partition import (
 from processors.setup import MESSAGE_BYTES_MAX, last_committed, read_committed
 from processors.store import PartitionStore, RocksLedgerState
 from schemas.codec import (
+    SUBMITTER_MAX,
     DecodeError,
     decode_apply,
     decode_checkpoint,
@@ -142,7 +143,6 @@ _DEAD_LETTER_HEADERS = ("reason", "source", "truncated")
 _DEAD_LETTER_ROOM = 64 * 1024
 REASON_CHARS_MAX = 1000
 _REQUEST_ID = re.compile(rb"[0-9]{1,39}")
-SUBMITTER_HEADER_MAX = 1024  # bytes; a longer one is not answered (its result would be as big)
 
 
 def _dead_letter_record(
@@ -166,13 +166,15 @@ def _addressed_rejection(headers: dict[str, bytes], reason: str) -> ResultBatch 
     """The rejection for the submitter the headers name, if they name one the results topic
     can carry (a request id of up to 39 decimal digits within u128, a short UTF-8 name)."""
     submitter, request_id = headers.get("submitter"), headers.get("request-id")
-    if not submitter or len(submitter) > SUBMITTER_HEADER_MAX or request_id is None:
-        return None
+    if not submitter or len(submitter) > 4 * SUBMITTER_MAX or request_id is None:
+        return None  # (4 * SUBMITTER_MAX: the UTF-8 bytes of the longest name)
     if _REQUEST_ID.fullmatch(request_id) is None or int(request_id) > U128_MAX:
         return None
     try:
         name = submitter.decode()
     except UnicodeDecodeError:
+        return None
+    if len(name) > SUBMITTER_MAX:
         return None
     return ResultBatch(
         int(request_id),

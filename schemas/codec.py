@@ -68,6 +68,7 @@ __all__ = [
     "MAGIC",
     "MESSAGES",
     "SCHEMA_DIR",
+    "SUBMITTER_MAX",
     "AvroCodec",
     "DecodeError",
     "EncodeError",
@@ -95,6 +96,9 @@ SCHEMA_DIR: Final = Path(__file__).with_name("avro")
 EVENT_BATCH_EVENTS_MAX: Final = 1_000_000
 # Every other list or dict of the protocol messages (keys, facts; a Checkpoint's references).
 LIST_MAX: Final = 1_000_000
+# A request's submitter, in characters: its results are keyed and stamped with it, so a huge one
+# would make a result too big for the results topic (and wedge the processor answering it).
+SUBMITTER_MAX: Final = 256
 # Every message type; a codec directory must hold a schema for each.
 MESSAGES: Final = (
     "CommandBatch", "EventBatch", "ResultBatch", "SequencedEntry", "Facts", "Apply", "Checkpoint",
@@ -886,8 +890,17 @@ _COMMAND_BATCH_SPEC: Final = (
 )
 
 
+def _submitter_problem(submitter: str) -> str | None:
+    if len(submitter) > SUBMITTER_MAX:
+        return f"{len(submitter)} characters exceed the maximum {SUBMITTER_MAX}"
+    return None
+
+
 def _enc_command_batch(batch: CommandBatch) -> dict[str, Any]:
     datum = _enc_fields(batch, _COMMAND_BATCH_SPEC)
+    problem = _submitter_problem(batch.submitter)
+    if problem is not None:
+        raise EncodeError(problem, "submitter")
     datum["operation"] = _enum_symbol(_OPERATION_SYMBOL, batch.operation, "operation")
     datum["accounts"] = _enc_list(_enc_account, batch.accounts, "accounts", _explain_account)
     datum["transfers"] = _enc_list(_enc_transfer, batch.transfers, "transfers", _explain_transfer)
@@ -898,6 +911,9 @@ def _enc_command_batch(batch: CommandBatch) -> dict[str, Any]:
 
 
 def _dec_command_batch(d: dict[str, Any]) -> CommandBatch:
+    problem = _submitter_problem(d["submitter"])
+    if problem is not None:
+        raise DecodeError(problem, "submitter")
     return CommandBatch(
         **_dec_fields(d, _COMMAND_BATCH_SPEC),
         operation=_enum_value(_OPERATION_BY_SYMBOL, d["operation"], "operation"),

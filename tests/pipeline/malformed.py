@@ -32,6 +32,7 @@ from schemas import (
     UpdateSettings,
 )
 from schemas.codec import (
+    SUBMITTER_MAX,
     DecodeError,
     decode_command_batch,
     encode_checkpoint,
@@ -52,6 +53,7 @@ from schemas.messages import (
 __all__ = [
     "Malformed",
     "account_commands",
+    "avro_string",
     "content_invalid_requests",
     "edge_cases",
     "encode_fields",
@@ -123,7 +125,7 @@ def _bytes(raw: bytes) -> bytes:
     return zigzag(len(raw)) + raw
 
 
-def _string(text: str) -> bytes:
+def avro_string(text: str) -> bytes:
     return _bytes(text.encode())
 
 
@@ -139,7 +141,7 @@ def _optional(encoded: bytes | None) -> bytes:
 def _map(items: dict[str, str]) -> bytes:
     if not items:
         return b"\x00"
-    body = b"".join(_string(k) + _string(v) for k, v in items.items())
+    body = b"".join(avro_string(k) + avro_string(v) for k, v in items.items())
     return zigzag(len(items)) + body + b"\x00"
 
 
@@ -181,7 +183,7 @@ def _account_fields(a: Account) -> Fields:
         ("policy", _optional(policy)), ("min_balance", _limit(a.min_balance)),
         ("max_balance", _limit(a.max_balance)), ("settle_threshold", _limit(a.settle_threshold)),
         ("settle_to", _limit(a.settle_to)),
-        ("link_type", _optional(None if a.link_type is None else _string(a.link_type))),
+        ("link_type", _optional(None if a.link_type is None else avro_string(a.link_type))),
         ("metadata", _map(a.metadata)), ("version", _u64(a.version)),
         ("frozen", b"\x01" if a.frozen else b"\x00"),
     ]  # fmt: skip
@@ -203,7 +205,7 @@ def _settings(s: UpdateSettings) -> bytes:
 
     def string(value: object) -> bytes:
         assert isinstance(value, str)
-        return _string(value)
+        return avro_string(value)
 
     def metadata(value: object) -> bytes:
         assert isinstance(value, dict)
@@ -257,7 +259,7 @@ class BatchFields:
 def encode_fields(batch: CommandBatch) -> BatchFields:
     top = [
         ("request_id", _fixed(batch.request_id)),
-        ("submitter", _string(batch.submitter)),
+        ("submitter", avro_string(batch.submitter)),
         ("operation", zigzag(list(Operation).index(batch.operation))),
         ("submitted_at_ns", _u64(batch.submitted_at_ns)),
     ]
@@ -381,7 +383,7 @@ def valid_requests(draw: st.DrawFn) -> CommandBatch:
     """Any request the codec encodes, with its own request id and submitter."""
     batch = draw(content_invalid_requests())
     batch.request_id = draw(_uint(128))
-    batch.submitter = draw(st.text(max_size=12))
+    batch.submitter = draw(st.one_of(st.text(max_size=12), st.just("s" * SUBMITTER_MAX)))
     batch.submitted_at_ns = draw(_uint(64))
     return batch
 
@@ -458,7 +460,7 @@ def _field_corruption(draw: st.DrawFn) -> Malformed:
         fields.top = _replace(fields.top, "request_id", raw)
     elif choice == "wrong_type":  # e.g. a string where the request id's 16 bytes belong
         name = draw(st.sampled_from([n for n, _ in fields.top]))
-        raw = draw(st.sampled_from((_string("not a number"), zigzag(-5), b"", b"\x01" * 3)))
+        raw = draw(st.sampled_from((avro_string("not a number"), zigzag(-5), b"", b"\x01" * 3)))
         fields.top = _replace(fields.top, name, raw)
         how = f"wrong type at {name}"
     elif choice.startswith("transfer_") or choice.startswith("account_"):
@@ -601,8 +603,12 @@ def edge_cases() -> list[Malformed]:
     near_limit = MESSAGE_BYTES_MAX - 160
     cases.append(Malformed(b"\x00" * near_limit, "edge: zeros at the size limit"))
     fields = encode_fields(CommandBatch(8, "edge", Operation.CREATE_ACCOUNTS))
-    fields.top = _replace(fields.top, "submitter", _string("s" * (near_limit - 64)))
+    fields.top = _replace(fields.top, "submitter", avro_string("s" * (near_limit - 64)))
     cases.append(Malformed(fields.encode() + b"\x00", "edge: at the size limit, trailing byte"))
+    # Well-formed but for its submitter: its result (keyed by the name) could not be sent.
+    cases.append(Malformed(fields.encode(), "edge: a submitter at the size limit"))
+    fields.top = _replace(fields.top, "submitter", avro_string("s" * (SUBMITTER_MAX + 1)))
+    cases.append(Malformed(fields.encode(), "edge: a submitter one character too long"))
     for edge in cases:
         assert is_malformed(edge.value), edge.how
     return cases

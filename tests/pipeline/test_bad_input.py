@@ -17,6 +17,7 @@ from schemas.codec import decode_result_batch, encode_command_batch
 from schemas.messages import CommandBatch, Operation
 from schemas.topics import Topics, results_partition
 from tests.pipeline.harness import ProcessorProcess, Tail, headers_of, pipeline_env
+from tests.pipeline.malformed import avro_string, encode_fields
 
 pytestmark = pytest.mark.kafka
 
@@ -217,3 +218,20 @@ def test_a_request_refused_whole_is_dead_lettered_and_rejected(
     with LedgerClient(kafka_bootstrap, running.prefix, timeout_s=60) as client:
         (result,) = client.create_accounts([Account(5, ledger=1, code=1)])
         assert result.status.name == "CREATED"
+
+
+def test_a_request_with_a_submitter_too_big_to_answer_is_dead_lettered(
+    kafka_bootstrap: str, running: Topics
+) -> None:
+    # Was: decoded and decided; its result, keyed and stamped with a 16 MiB submitter, did not
+    # fit the results topic, and the processor retried that transaction forever.
+    batch = CommandBatch(5, "", Operation.CREATE_ACCOUNTS, [Account(21, ledger=1, code=1)])
+    value = encode_fields(batch)
+    value.top = [
+        (name, avro_string("s" * (MESSAGE_BYTES_MAX // 2)) if name == "submitter" else raw)
+        for name, raw in value.top
+    ]
+    offset = _produce(kafka_bootstrap, running, value.encode(), [])
+    letter = _dead_letter_of(kafka_bootstrap, running, offset)
+    assert dict(headers_of(letter))["reason"].startswith(b"submitter: ")
+    _still_answers(kafka_bootstrap, running, 21)  # and the account was not created before

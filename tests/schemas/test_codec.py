@@ -739,3 +739,22 @@ def test_codec_directory_must_be_well_formed(tmp_path: Path) -> None:
     (tmp_path / "stray.avsc").write_text("{}")
     with pytest.raises(ValueError, match="not named"):
         AvroCodec(tmp_path)
+
+
+def test_a_submitter_longer_than_the_maximum_is_refused_both_ways() -> None:
+    # Found by the commands fuzzer: results are keyed and stamped with the submitter, so a
+    # request with a 16 MiB one made a result too big to send, and wedged its processor.
+    longest = CommandBatch(1, "s" * codec.SUBMITTER_MAX, Operation.CREATE_TRANSFERS)
+    assert codec.decode_command_batch(codec.encode_command_batch(longest)) == longest
+    too_long = CommandBatch(1, "s" * (codec.SUBMITTER_MAX + 1), Operation.CREATE_TRANSFERS)
+    with pytest.raises(codec.EncodeError) as refused:
+        codec.encode_command_batch(too_long)
+    assert refused.value.field == "submitter"
+    # The bytes a careless writer would send: the longest name's encoding, one character more.
+    data = codec.encode_command_batch(longest)
+    name = ("s" * codec.SUBMITTER_MAX).encode()
+    start = data.index(name)
+    forged = data[: start - 2] + b"\x82\x04" + name + b"s" + data[start + len(name) :]
+    with pytest.raises(codec.DecodeError) as undecodable:
+        codec.decode_command_batch(forged)
+    assert undecodable.value.field == "submitter"
