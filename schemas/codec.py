@@ -1747,7 +1747,25 @@ class AvroCodec:
         return self._encode("CommandBatch", CommandBatch, _enc_command_batch, batch)
 
     def decode_command_batch(self, data: bytes) -> CommandBatch:
-        return self._decode("CommandBatch", _dec_command_batch, data)
+        batch = self._decode("CommandBatch", _dec_command_batch, data)
+        # fastavro reads an enum or union index of -1..-n as a Python list index (the last
+        # symbols) and a boolean byte above 1 as true: a request runs only as it was written.
+        raw = bytes(data)
+        if (
+            batch.operation is Operation.CREATE_TRANSFERS
+            and not batch.accounts
+            and batch.account_command is None
+            and raw[1:_HEADER_LEN] == self.current["CommandBatch"].fingerprint
+        ):
+            _check_operation_index(raw)  # the only enum of a transfers request: O(1)
+        else:  # accounts and account commands hold enums, unions and booleans: walk them
+            writer = self.by_fingerprint[raw[1:_HEADER_LEN]]
+            walker = _ByteWalker(raw, _HEADER_LEN, writer.names)
+            try:
+                walker.walk(writer.schema, "")
+            except _Fault as fault:
+                raise DecodeError(fault.reason, walker.path or None) from None
+        return batch
 
     def encode_event_batch(self, batch: EventBatch) -> bytes:
         return self._encode("EventBatch", EventBatch, _enc_event_batch, batch)
@@ -1784,6 +1802,17 @@ class AvroCodec:
 
     def decode_checkpoint(self, data: bytes) -> Checkpoint:
         return self._decode("Checkpoint", _dec_checkpoint, data)
+
+
+def _check_operation_index(data: bytes) -> None:
+    """The `operation` of a current-version CommandBatch (after the request id and submitter)
+    is a single-byte index 0..2: zigzag 0, 2 or 4 (-1..-3 are 1, 3, 5)."""
+    walker = _ByteWalker(data, _HEADER_LEN + 16, {})
+    length = walker.varint()  # the submitter's (decoded already: sound)
+    walker.pos += length
+    index = walker.varint()
+    if index < 0:
+        raise DecodeError(f"unknown enum value (index {index})", "operation")
 
 
 def _bytes_fault(data: bytes, writer: _Version, exc: BaseException) -> DecodeError:

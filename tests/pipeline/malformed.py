@@ -414,12 +414,15 @@ _U16_FIELDS = ("code", "flags")
 
 
 def _bad_enum(symbols: int) -> st.SearchStrategy[int]:
-    """Indexes no symbol has. (fastavro reads -1..-symbols as Python list indexes: the known
-    gap of docs/SCHEMAS.md, not generated here.)"""
-    return st.one_of(st.integers(symbols, 1 << 40), st.integers(-(1 << 40), -symbols - 1))
+    """Indexes no symbol has; -1..-symbols too (fastavro alone reads those as list indexes)."""
+    return st.one_of(
+        st.integers(-symbols, -1), st.integers(symbols, 1 << 40), st.integers(-(1 << 40), -1)
+    )
 
 
-_bad_union = st.one_of(st.integers(2, 1 << 20), st.integers(-(1 << 20), -3))
+_bad_union = st.one_of(
+    st.sampled_from((-1, -2)), st.integers(2, 1 << 20), st.integers(-(1 << 20), -1)
+)
 
 
 def _bad_signed() -> st.SearchStrategy[bytes]:
@@ -446,7 +449,7 @@ def _field_corruption(draw: st.DrawFn) -> Malformed:
         choices += ["transfer_u32", "transfer_u16"]
     if fields.accounts:
         choices += ["account_u32", "account_u16", "account_policy", "account_limit",
-                    "account_union", "account_link_type"]  # fmt: skip
+                    "account_union", "account_link_type", "account_bool"]  # fmt: skip
     if fields.command is not None:
         choices += ["command_kind", "command_union"]
     choice = draw(st.sampled_from(choices))
@@ -478,6 +481,8 @@ def _field_corruption(draw: st.DrawFn) -> Malformed:
         elif choice == "account_limit":
             name = draw(st.sampled_from(_SIGNED_NAMES))
             raw = b"\x02" + _bytes(draw(_bad_signed()))
+        elif choice == "account_bool":  # a boolean byte other than 0 or 1
+            name, raw = "frozen", bytes([draw(st.integers(2, 255))])
         elif choice == "account_union":
             name = draw(st.sampled_from(("policy", *_SIGNED_NAMES, "link_type")))
             raw = zigzag(draw(_bad_union))

@@ -36,7 +36,9 @@ def test_zigzag_is_the_avro_varint(n: int) -> None:
     assert all(b & 0x80 for b in raw[:-1]) and not raw[-1] & 0x80
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(
+    max_examples=400, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
 @given(malformed_messages())
 def test_every_malformed_message_is_refused_by_the_codec(message: Malformed) -> None:
     assert is_malformed(message.value), message.how
