@@ -69,6 +69,7 @@ __all__ = [
     "align_to_lane",
     "checkpoint_messages",
     "request_keys",
+    "request_problem",
 ]
 
 # The low 6 bits of a timestamp name the partition that assigned it, so timestamps are unique
@@ -152,7 +153,7 @@ def request_keys(batch: CommandBatch) -> tuple[set[int], set[int], bool]:
     return accounts, transfers, ledger_wide
 
 
-def _request_problem(batch: CommandBatch) -> str | None:
+def request_problem(batch: CommandBatch) -> str | None:
     """Why a decoded request cannot be executed at all, or None."""
     operation = batch.operation
     count = len(batch.accounts) + len(batch.transfers)
@@ -313,7 +314,7 @@ class PartitionMachine:
 
     def on_request(self, batch: CommandBatch, now: int, out: Outbox, offset: int = -1) -> None:
         """A request arrived on this partition's commands topic, at `offset`."""
-        problem = _request_problem(batch)
+        problem = request_problem(batch)
         if problem is not None:
             out.results.append(_rejection(batch, problem))
             return

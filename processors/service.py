@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,10 +37,12 @@ from processors.partition import (
     PartitionMachine,
     Payload,
     checkpoint_messages,
+    request_problem,
 )
 from processors.setup import MESSAGE_BYTES_MAX, last_committed, read_committed
 from processors.store import PartitionStore, RocksLedgerState
 from schemas.codec import (
+    SUBMITTER_MAX,
     DecodeError,
     EncodedEvents,
     decode_apply,
@@ -55,6 +58,7 @@ from schemas.codec import (
     encode_result_batch,
     encode_sequenced_entry,
 )
+from schemas.codes import U128_MAX
 from schemas.messages import Apply, EventBatch, Facts, Operation, ResultBatch
 from schemas.topics import Topics, results_partition
 
@@ -84,6 +88,7 @@ STATS_INTERVAL_S = 30.0  # how often the loop logs what it did
 GC_INTERVAL_S = 30.0  # how often the processor collects reference cycles (see run())
 _META_EVENTS_OFFSET = "events_offset"
 _META_CHECKPOINT = "checkpoint"
+DeadLetter = tuple[bytes, bytes | None, list[tuple[str, str | bytes | None]]]  # value, key, headers
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,7 @@ class _Partition:
     touched: bool = False
     checkpoint: bytes = b""  # the one written in the current transaction
     # Malformed messages of the current step: (value, key, headers) for the dead-letter topic.
-    dead_letters: list[tuple[bytes, bytes | None, list[tuple[str, str | bytes | None]]]] = field(
-        default_factory=list
-    )
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     # With LEDGER_ALLOW_CLOCK_CONTROL=1, the first clock message stops the wall clock for this
     # partition: from then on time moves only by clock messages, as in TigerBeetle's test
     # tables. Not persisted: a restart is back on the wall clock.
@@ -160,6 +163,55 @@ def message_headers(message: Message) -> dict[str, bytes]:
         for name, value in pairs
         if value is not None
     }
+
+
+# The dead letter's own headers: a sender's headers of these names are not copied over them.
+_DEAD_LETTER_HEADERS = ("reason", "source", "truncated")
+# A dead letter is the message plus a reason and source: room left for those under the topic's
+# size limit (a message at the limit is kept cut, its length in the `truncated` header).
+_DEAD_LETTER_ROOM = 64 * 1024
+REASON_CHARS_MAX = 1000
+_REQUEST_ID = re.compile(rb"[0-9]{1,39}")
+
+
+def _dead_letter_record(
+    value: bytes, key: bytes | None, headers: dict[str, bytes], reason: str, source: str
+) -> DeadLetter:
+    """(value, key, headers) of the dead letter of a message, within the topic's size limit."""
+    kept: list[tuple[str, str | bytes | None]] = [("reason", reason.encode()), ("source", source)]
+    copied = [(name, v) for name, v in headers.items() if name not in _DEAD_LETTER_HEADERS]
+    budget = MESSAGE_BYTES_MAX - _DEAD_LETTER_ROOM
+    around = len(key or b"") + sum(len(name) + len(v) for name, v in copied)
+    if around > budget // 2:  # headers or key as big as a message: the value matters more
+        copied, key, around = [], None, 0
+        kept.append(("headers-dropped", b"1"))
+    if len(value) + around > budget:
+        kept.append(("truncated", str(len(value)).encode()))
+        value = value[: budget - around]
+    return value, key, [*kept, *copied]
+
+
+def _addressed_rejection(headers: dict[str, bytes], reason: str) -> ResultBatch | None:
+    """The rejection for the submitter the headers name, if they name one the results topic
+    can carry (a request id of up to 39 decimal digits within u128, a short UTF-8 name)."""
+    submitter, request_id = headers.get("submitter"), headers.get("request-id")
+    if not submitter or len(submitter) > 4 * SUBMITTER_MAX or request_id is None:
+        return None  # (4 * SUBMITTER_MAX: the UTF-8 bytes of the longest name)
+    if _REQUEST_ID.fullmatch(request_id) is None or int(request_id) > U128_MAX:
+        return None
+    try:
+        name = submitter.decode()
+    except UnicodeDecodeError:
+        return None
+    if len(name) > SUBMITTER_MAX:
+        return None
+    return ResultBatch(
+        int(request_id),
+        name,
+        Operation.CREATE_TRANSFERS,
+        [],
+        rejection=f"malformed request: {reason}",
+    )
 
 
 def _position(message: Message) -> tuple[int, int]:
@@ -338,6 +390,9 @@ class ProcessorService:
                 machine.on_tick(partition.now(now), out)
             else:
                 request = decode_command_batch(value)
+                problem = request_problem(request)
+                if problem is not None:  # refused whole: the machine answers, the log keeps it
+                    self._keep_dead_letter(partition, message, problem)
                 machine.on_request(request, partition.now(now), out, offset)
         except DecodeError as problem:
             self._dead_letter(partition, message, str(problem))
@@ -356,33 +411,26 @@ class ProcessorService:
     def _dead_letter(self, partition: _Partition, message: Message, reason: str) -> None:
         """A malformed message is kept with its reason, and the submitter hears of it when its
         headers name it: both in this step's transaction, with the offset that skips it."""
+        reason = self._keep_dead_letter(partition, message, reason)
+        rejection = _addressed_rejection(message_headers(message), reason)
+        if rejection is not None:
+            partition.out.results.append(rejection)
+
+    def _keep_dead_letter(self, partition: _Partition, message: Message, reason: str) -> str:
+        """Queue the message's dead letter for this step's transaction; returns the reason as
+        kept (cut to REASON_CHARS_MAX)."""
         log.warning(
             "dead letter %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), reason,
         )  # fmt: skip
-        headers = message_headers(message)
+        reason = reason[:REASON_CHARS_MAX]
         source = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         partition.dead_letters.append(
-            (
-                message.value() or b"",
-                message.key(),
-                [("reason", reason.encode()), ("source", source.encode()), *headers.items()],
+            _dead_letter_record(
+                message.value() or b"", message.key(), message_headers(message), reason, source
             )
         )
-        submitter = headers.get("submitter")
-        request_id = headers.get("request-id")
-        if submitter and request_id:
-            try:
-                rejection = ResultBatch(
-                    int(request_id.decode()),
-                    submitter.decode(),
-                    Operation.CREATE_TRANSFERS,
-                    [],
-                    rejection=f"malformed request: {reason}",
-                )
-            except (ValueError, UnicodeDecodeError):
-                return  # headers as garbled as the body: the dead letter is all we can keep
-            partition.out.results.append(rejection)
+        return reason
 
     def _read_sequence(self) -> list[tuple[int, Any]]:
         if not self.partitions:

@@ -129,7 +129,12 @@ def loads(data: bytes | str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (an error naming a request's key): escape it
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 # Scalars -----------------------------------------------------------------------------------------
@@ -224,10 +229,19 @@ def _optional_signed(value: Any, field: str) -> int | None:
     return None if value is None else _signed(value, field)
 
 
+def _unicode(text: str, field: str) -> str:
+    """JSON escapes may spell lone surrogates, which no UTF-8 (nor Avro string) carries."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CodecError(field, "must be valid Unicode (a lone surrogate is not)") from None
+    return text
+
+
 def _link_type(value: Any, field: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise CodecError(field, "must be a string or null")
-    return value
+    return None if value is None else _unicode(value, field)
 
 
 def _metadata(value: Any, field: str) -> dict[str, str]:
@@ -237,6 +251,8 @@ def _metadata(value: Any, field: str) -> dict[str, str]:
     for key, item in obj.items():
         if not isinstance(item, str):
             raise CodecError(_at(field, key), "must be a string")
+        _unicode(key, field)
+        _unicode(item, _at(field, key))
     return dict(obj)
 
 

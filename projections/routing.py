@@ -636,6 +636,11 @@ _ID_OPS: Final = frozenset({"lookup_accounts", "lookup_transfers"})
 # The internal endpoint and the 503 mapping, added to the API's application.
 
 
+def _bad_internal_read(exc: BaseException) -> web.Response:
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    return web.json_response({"error": f"bad internal read: {reason}", "field": None}, status=400)
+
+
 def add_internal_routes(app: web.Application, reads: RoutedReads) -> None:
     """Serve `POST /internal/projections/{op}` (answers from this worker's partitions only)
     and turn ReadUnavailable from any handler into 503 naming the partition."""
@@ -648,14 +653,19 @@ def add_internal_routes(app: web.Application, reads: RoutedReads) -> None:
             body = json.loads(await request.read())
             args = body["args"]
             partitions = [int(p) for p in body["partitions"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": f"bad internal read: {exc}"}, status=400)
+            if not isinstance(args, dict) or not partitions:
+                raise ValueError("args must be an object and partitions a non-empty list")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return _bad_internal_read(exc)
         try:
             result = await reads.answer_locally(op, args, partitions)
         except _NotOwnedHere as exc:
             return web.json_response(
                 {"error": "not_owner", "partitions": exc.partitions}, status=409
             )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Arguments of the wrong shape (peers send the right one; this port is public).
+            return _bad_internal_read(exc)
         return web.json_response({"result": result}, dumps=json.dumps)
 
     @web.middleware

@@ -68,6 +68,7 @@ __all__ = [
     "MAGIC",
     "MESSAGES",
     "SCHEMA_DIR",
+    "SUBMITTER_MAX",
     "AvroCodec",
     "DecodeError",
     "EncodeError",
@@ -96,6 +97,9 @@ SCHEMA_DIR: Final = Path(__file__).with_name("avro")
 EVENT_BATCH_EVENTS_MAX: Final = 1_000_000
 # Every other list or dict of the protocol messages (keys, facts; a Checkpoint's references).
 LIST_MAX: Final = 1_000_000
+# A request's submitter, in characters: its results are keyed and stamped with it, so a huge one
+# would make a result too big for the results topic (and wedge the processor answering it).
+SUBMITTER_MAX: Final = 256
 # Every message type; a codec directory must hold a schema for each.
 MESSAGES: Final = (
     "CommandBatch", "EventBatch", "ResultBatch", "SequencedEntry", "Facts", "Apply", "Checkpoint",
@@ -887,8 +891,17 @@ _COMMAND_BATCH_SPEC: Final = (
 )
 
 
+def _submitter_problem(submitter: str) -> str | None:
+    if len(submitter) > SUBMITTER_MAX:
+        return f"{len(submitter)} characters exceed the maximum {SUBMITTER_MAX}"
+    return None
+
+
 def _enc_command_batch(batch: CommandBatch) -> dict[str, Any]:
     datum = _enc_fields(batch, _COMMAND_BATCH_SPEC)
+    problem = _submitter_problem(batch.submitter)
+    if problem is not None:
+        raise EncodeError(problem, "submitter")
     datum["operation"] = _enum_symbol(_OPERATION_SYMBOL, batch.operation, "operation")
     datum["accounts"] = _enc_list(_enc_account, batch.accounts, "accounts", _explain_account)
     datum["transfers"] = _enc_list(_enc_transfer, batch.transfers, "transfers", _explain_transfer)
@@ -899,6 +912,9 @@ def _enc_command_batch(batch: CommandBatch) -> dict[str, Any]:
 
 
 def _dec_command_batch(d: dict[str, Any]) -> CommandBatch:
+    problem = _submitter_problem(d["submitter"])
+    if problem is not None:
+        raise DecodeError(problem, "submitter")
     return CommandBatch(
         **_dec_fields(d, _COMMAND_BATCH_SPEC),
         operation=_enum_value(_OPERATION_BY_SYMBOL, d["operation"], "operation"),
@@ -1346,6 +1362,7 @@ def _fast_command_write(header: bytes, batch: Any) -> bytes | None:
             or type(transfers) is not list
             or not 0 < len(transfers) <= BATCH_EVENTS_MAX
             or type(batch.submitter) is not str
+            or len(batch.submitter) > SUBMITTER_MAX
             or type(batch.submitted_at_ns) is not int
             or batch.submitted_at_ns >> 64
         ):
@@ -1612,6 +1629,8 @@ def _fast_command_read(data: bytes) -> CommandBatch | None:
         if n & 1:
             return None
         submitter = data[p : p + (n >> 1)].decode()
+        if len(submitter) > SUBMITTER_MAX:
+            return None  # the slow path names the problem
         p += n >> 1
         if data[p] != _CREATE_TRANSFERS_INDEX or data[p + 1] != 0:  # no accounts
             return None
@@ -1915,10 +1934,30 @@ class AvroCodec:
             and type(data) is bytes
             and data[:_HEADER_LEN] == self.current["CommandBatch"].header
         ):
+            # It takes only the exact bytes fastavro writes (operation index 1, no accounts, a
+            # null account command, a submitter within SUBMITTER_MAX): anything else goes on.
             decoded = _fast_command_read(data)
             if decoded is not None:
                 return decoded
-        return self._decode("CommandBatch", _dec_command_batch, data)
+        batch = self._decode("CommandBatch", _dec_command_batch, data)
+        # fastavro reads an enum or union index of -1..-n as a Python list index (the last
+        # symbols) and a boolean byte above 1 as true: a request runs only as it was written.
+        raw = bytes(data)
+        if (
+            batch.operation is Operation.CREATE_TRANSFERS
+            and not batch.accounts
+            and batch.account_command is None
+            and raw[1:_HEADER_LEN] == self.current["CommandBatch"].fingerprint
+        ):
+            _check_operation_index(raw)  # the only enum of a transfers request: O(1)
+        else:  # accounts and account commands hold enums, unions and booleans: walk them
+            writer = self.by_fingerprint[raw[1:_HEADER_LEN]]
+            walker = _ByteWalker(raw, _HEADER_LEN, writer.names)
+            try:
+                walker.walk(writer.schema, "")
+            except _Fault as fault:
+                raise DecodeError(fault.reason, walker.path or None) from None
+        return batch
 
     def encode_event_batch(self, batch: EventBatch, memo: EncodedEvents | None = None) -> bytes:
         """With `memo`, each event object is encoded once however many batches list it (an
@@ -1961,6 +2000,17 @@ class AvroCodec:
 
     def decode_checkpoint(self, data: bytes) -> Checkpoint:
         return self._decode("Checkpoint", _dec_checkpoint, data)
+
+
+def _check_operation_index(data: bytes) -> None:
+    """The `operation` of a current-version CommandBatch (after the request id and submitter)
+    is a single-byte index 0..2: zigzag 0, 2 or 4 (-1..-3 are 1, 3, 5)."""
+    walker = _ByteWalker(data, _HEADER_LEN + 16, {})
+    length = walker.varint()  # the submitter's (decoded already: sound)
+    walker.pos += length
+    index = walker.varint()
+    if index < 0:
+        raise DecodeError(f"unknown enum value (index {index})", "operation")
 
 
 def _bytes_fault(data: bytes, writer: _Version, exc: BaseException) -> DecodeError:

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.ledger import MemoryState, PartitionOwnership, apply_event
 from processors.setup import read_committed
@@ -95,3 +97,46 @@ def replay_events(bootstrap: str, topics: Topics, partitions: int) -> MemoryStat
             for event in decode_event_batch(value).events:
                 apply_event(state, event, ownership)
     return state
+
+
+def headers_of(message: Message) -> list[tuple[str, bytes]]:
+    """A consumed message's headers, in order (a header without a value as b"")."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
+    ]
+
+
+class Tail:
+    """Follows one partition from offset 0 (committed messages only), keeping what it read."""
+
+    def __init__(self, bootstrap: str, topic: str, partition: int) -> None:
+        self.messages: list[Message] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "ledger-test-tail",  # assign() only: nothing is committed
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.message.max.bytes": 64 * 1024 * 1024,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, partition, 0)])
+
+    def read(self, until: Callable[[], bool], timeout_s: float) -> bool:
+        """Read until `until()` holds (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            for message in self._consumer.consume(1000, 0.01):
+                error = message.error()
+                if error is None:
+                    self.messages.append(message)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -353,3 +353,32 @@ def test_render_results_and_reads() -> None:
 def test_public_names() -> None:
     for name in codec.__all__:
         assert hasattr(codec, name), name
+
+
+# Found by the HTTP fuzzer (tests/pipeline/test_fuzz_http.py).
+
+
+def test_lone_surrogates_in_strings_are_refused_naming_the_field() -> None:
+    # Was: accepted, then the Avro encoder failed on them: a 400 naming no field.
+    cases = [
+        ({"id": 1, "metadata": {"k": "\ud800"}}, "metadata.k"),
+        ({"id": 1, "metadata": {"\udc00": "v"}}, "metadata"),
+        ({"id": 1, "link_type": "a\udfff"}, "link_type"),
+    ]
+    for body, field in cases:
+        with pytest.raises(codec.CodecError) as refused:
+            codec.parse_account(body)
+        assert refused.value.field == field
+    with pytest.raises(codec.CodecError) as refused:
+        codec.parse_settings_patch({"link_type": "\ud800"})
+    assert refused.value.field == "link_type"
+
+
+def test_an_answer_repeating_a_lone_surrogate_is_still_utf8() -> None:
+    # Was: the error naming an unknown key "\ud800" could not be encoded: a 500.
+    with pytest.raises(codec.CodecError) as refused:
+        codec.parse_account({"id": 1, "\ud800": 1})
+    text = codec.dumps(refused.value.body())
+    text.encode("utf-8")
+    assert json.loads(text)["field"] == "\ud800"
+    assert codec.dumps({"name": "é"}) == '{"name":"é"}'  # otherwise unescaped, as before

@@ -739,3 +739,63 @@ def test_codec_directory_must_be_well_formed(tmp_path: Path) -> None:
     (tmp_path / "stray.avsc").write_text("{}")
     with pytest.raises(ValueError, match="not named"):
         AvroCodec(tmp_path)
+
+
+def test_a_submitter_longer_than_the_maximum_is_refused_both_ways() -> None:
+    # Found by the commands fuzzer: results are keyed and stamped with the submitter, so a
+    # request with a 16 MiB one made a result too big to send, and wedged its processor.
+    longest = CommandBatch(1, "s" * codec.SUBMITTER_MAX, Operation.CREATE_TRANSFERS)
+    assert codec.decode_command_batch(codec.encode_command_batch(longest)) == longest
+    too_long = CommandBatch(1, "s" * (codec.SUBMITTER_MAX + 1), Operation.CREATE_TRANSFERS)
+    with pytest.raises(codec.EncodeError) as refused:
+        codec.encode_command_batch(too_long)
+    assert refused.value.field == "submitter"
+    # The bytes a careless writer would send: the longest name's encoding, one character more.
+    data = codec.encode_command_batch(longest)
+    name = ("s" * codec.SUBMITTER_MAX).encode()
+    start = data.index(name)
+    forged = data[: start - 2] + b"\x82\x04" + name + b"s" + data[start + len(name) :]
+    with pytest.raises(codec.DecodeError) as undecodable:
+        codec.decode_command_batch(forged)
+    assert undecodable.value.field == "submitter"
+
+
+def test_negative_enum_and_union_indexes_and_odd_booleans_are_refused() -> None:
+    # Found by the commands fuzzer: fastavro read an index of -1..-n as a Python list index, so
+    # an `operation` of -1 ran as ACCOUNT_COMMAND and a `kind` of -2 closed the account; a
+    # boolean byte of 2 read as true.
+    from tests.pipeline.malformed import encode_fields, zigzag
+
+    def corrupt(batch: CommandBatch, where: str, name: str, raw: bytes) -> bytes:
+        fields = encode_fields(batch)
+        if where == "top":
+            fields.top = [(n, raw if n == name else v) for n, v in fields.top]
+        elif where == "account":
+            fields.accounts[0] = [(n, raw if n == name else v) for n, v in fields.accounts[0]]
+        else:
+            assert fields.command is not None
+            fields.command = [(n, raw if n == name else v) for n, v in fields.command]
+        return fields.encode()
+
+    transfers = CommandBatch(1, "s", Operation.CREATE_TRANSFERS, transfers=[Transfer(1)])
+    accounts = CommandBatch(1, "s", Operation.CREATE_ACCOUNTS, accounts=[Account(1)])
+    command = CommandBatch(
+        1,
+        "s",
+        Operation.ACCOUNT_COMMAND,
+        account_command=AccountCommand(AccountCommandKind.FREEZE, 1),
+    )
+    cases = [
+        (corrupt(transfers, "top", "operation", zigzag(-1)), "operation"),
+        (corrupt(accounts, "top", "operation", zigzag(-3)), "operation"),
+        (corrupt(command, "command", "kind", zigzag(-2)), "account_command.kind"),
+        (corrupt(accounts, "account", "policy", zigzag(-1)), "accounts[0].policy"),
+        (corrupt(accounts, "account", "policy", b"\x02" + zigzag(-1)), "accounts[0].policy"),
+        (corrupt(accounts, "account", "frozen", b"\x02"), "accounts[0].frozen"),
+    ]
+    for data, field in cases:
+        with pytest.raises(codec.DecodeError) as refused:
+            codec.decode_command_batch(data)
+        assert refused.value.field == field, refused.value
+    for batch in (transfers, accounts, command):  # as written, they decode
+        assert codec.decode_command_batch(encode_fields(batch).encode()) == batch

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import codec
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import AvroCodec, DecodeError, EncodeError
 from schemas.codes import U64_MAX, U128_MAX
 from schemas.messages import (
     AccountCommand,
@@ -160,3 +161,24 @@ def test_results_the_fast_path_leaves_alone() -> None:
     ):
         assert codec._fast_result_write(header, batch) is None
     assert codec._CODEC._fast_results and not FASTAVRO_ONLY._fast_results
+
+
+def test_a_submitter_over_the_maximum_leaves_the_fast_paths() -> None:
+    header = codec._CODEC.current["CommandBatch"].header
+    at_most = request([full_transfer()], "s" * codec.SUBMITTER_MAX)
+    assert codec._fast_command_write(header, at_most) is not None
+    too_long = request([full_transfer()], "s" * (codec.SUBMITTER_MAX + 1))
+    assert codec._fast_command_write(header, too_long) is None
+    with pytest.raises(EncodeError) as info:
+        codec.encode_command_batch(too_long)
+    assert info.value.field == "submitter"
+    # The same bytes with one more character in the submitter: read by neither fast path.
+    data = codec.encode_command_batch(at_most)
+    length = codec._varint(codec.SUBMITTER_MAX << 1)  # after the header and the request id
+    assert data[25 : 25 + len(length)] == length
+    rest = data[25 + len(length) + codec.SUBMITTER_MAX :]
+    grown = data[:25] + codec._varint((codec.SUBMITTER_MAX + 1) << 1) + b"s" * 257 + rest
+    assert codec._fast_command_read(grown) is None
+    with pytest.raises(DecodeError) as decoding:
+        codec.decode_command_batch(grown)
+    assert decoding.value.field == "submitter"
