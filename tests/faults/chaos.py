@@ -44,6 +44,7 @@ PROCESSOR_ARGS = (
 FROZEN_S = SESSION_TIMEOUT_MS / 1000 + 6.0  # past the session: the group moves on without it
 BROKER_DOWN_S = 3.0
 TAKEOVER_TIMEOUT_S = 60.0
+FREEZE_TRIES = 3
 FENCED = re.compile(r"transaction failed")  # the service's log line when a commit is refused
 
 
@@ -94,6 +95,7 @@ class ChaosReport:
     applied: Counter[Fault] = field(default_factory=Counter)
     processor_starts: int = 0  # restarts after kills, and added instances
     partition_takeovers: int = 0  # "partition N ready" in the processors' logs: recoveries
+    freezes: int = 0  # SIGSTOPs (a freeze fault is retried until the zombie tries a write)
     fenced_attempts: int = 0  # commits a resumed zombie tried, and Kafka refused
     unexpected_deaths: list[str] = field(default_factory=list)
     requests: int = 0
@@ -115,8 +117,8 @@ class ChaosReport:
             f"processor kills {self.applied[Fault.KILL_PROCESSOR]}, processor starts "
             f"(restarts and additions) {self.processor_starts}, removals "
             f"{self.applied[Fault.REMOVE_PROCESSOR]}, "
-            f"freezes {self.applied[Fault.FREEZE_PROCESSOR]} "
-            f"(fenced commit attempts {self.fenced_attempts}), projection kills "
+            f"freeze faults {self.applied[Fault.FREEZE_PROCESSOR]} (SIGSTOPs {self.freezes}, "
+            f"refused zombie commits {self.fenced_attempts}), projection kills "
             f"{self.applied[Fault.KILL_PROJECTION]}, broker restarts "
             f"{self.applied[Fault.RESTART_BROKER]}",
             f"partition takeovers (recoveries after rebalances) {self.partition_takeovers}",
@@ -144,7 +146,8 @@ class ChaosRun:
         self.report = ChaosReport(plan, plan.schedule())
         self._results = 0
         self._progress = threading.Condition()
-        self._done = threading.Event()
+        self._done = threading.Event()  # the submitters are done
+        self._chaos_done = threading.Event()  # the schedule is done
         self._next_instance = 0
         self.chaos_error: BaseException | None = None
 
@@ -170,6 +173,8 @@ class ChaosRun:
                 self.plan.requests,
                 self.plan.seed,
                 on_result=self._on_result,
+                # Every scheduled fault happens under load, however long the faults take.
+                keep_going=lambda: not self._chaos_done.is_set(),
             )
         finally:
             self._done.set()
@@ -189,19 +194,24 @@ class ChaosRun:
 
     def _chaos(self) -> None:
         try:
-            for step in self.report.schedule:
-                with self._progress:
-                    while self._results < step.at_result and not self._done.is_set():
-                        self._progress.wait(1.0)
-                if self._done.is_set():
-                    return
-                time.sleep(step.jitter_s)
-                print(f"chaos: {step}", flush=True)
-                self._apply(step.fault)
-                self.report.applied[step.fault] += 1
-                self._revive_the_dead()
+            self._follow_schedule()
         except BaseException as exc:  # surfaced by run()
             self.chaos_error = exc
+        finally:
+            self._chaos_done.set()
+
+    def _follow_schedule(self) -> None:
+        for step in self.report.schedule:
+            with self._progress:
+                while self._results < step.at_result and not self._done.is_set():
+                    self._progress.wait(1.0)
+            if self._done.is_set():
+                return  # the submitters failed: run() reports why
+            time.sleep(step.jitter_s)
+            print(f"chaos: {step}", flush=True)
+            self._apply(step.fault)
+            self.report.applied[step.fault] += 1
+            self._revive_the_dead()
 
     def _apply(self, fault: Fault) -> None:
         live = [p for p in self.pipeline.processes if p.alive]
@@ -233,18 +243,25 @@ class ChaosRun:
 
     def _freeze(self, live: list[ProcessorProcess]) -> None:
         """SIGSTOP one instance past its session timeout while another lives to take over its
-        partitions; then SIGCONT it: whatever it then tries to commit must be refused."""
+        partitions; then SIGCONT it: whatever it then tries to commit must be refused. A
+        zombie caught between transactions has nothing to try: it is frozen again (at most
+        FREEZE_TRIES times), for the fencing to be tested, not assumed."""
         if len(live) < 2:
             self._add_processor()
             live = [p for p in self.pipeline.processes if p.alive]
         zombie = self.rng.choice(live)
-        zombie.freeze()
-        time.sleep(FROZEN_S)
-        resumed_at = len(zombie.log_path.read_bytes())
-        zombie.resume()
-        time.sleep(2.0)  # it finds its session gone (or its commit refused), and rejoins
-        after = zombie.log_path.read_bytes()[resumed_at:].decode(errors="replace")
-        self.report.fenced_attempts += len(FENCED.findall(after))
+        for _ in range(FREEZE_TRIES):
+            zombie.freeze()
+            time.sleep(FROZEN_S)
+            resumed_at = len(zombie.log_path.read_bytes())
+            zombie.resume()
+            time.sleep(2.0)  # it finds its session gone (or its commit refused), and rejoins
+            after = zombie.log_path.read_bytes()[resumed_at:].decode(errors="replace")
+            attempts = len(FENCED.findall(after))
+            self.report.freezes += 1
+            self.report.fenced_attempts += attempts
+            if attempts:
+                return
 
     def _revive_the_dead(self) -> None:
         """A process that exited by itself is a finding: recorded, then started again so the

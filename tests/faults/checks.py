@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -43,8 +44,8 @@ def verdict(check: str, run: Callable[[], str]) -> Verdict:
     """Runs one check; a failed assertion is a FAIL verdict (the others still run)."""
     try:
         return Verdict(check, True, run())
-    except AssertionError as failure:
-        return Verdict(check, False, str(failure)[:2000] or repr(failure))
+    except Exception as failure:  # an assertion, or the check could not even get an answer
+        return Verdict(check, False, f"{type(failure).__name__}: {failure}"[:3000])
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,8 +146,11 @@ def assert_projections_match(url: str, replayed: MemoryState) -> str:
     request = urllib.request.Request(
         f"{url}/accounts/lookup", data=body, headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-        answered = {int(account["id"]): account for account in json.load(response)}
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            answered = {int(account["id"]): account for account in json.load(response)}
+    except urllib.error.HTTPError as refused:
+        raise AssertionError(f"{url}: HTTP {refused.code}: {refused.read()!r}") from refused
     assert sorted(answered) == ids, f"the API knows {len(answered)} of {len(ids)} accounts"
     fields = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
     for account_id, account in replayed.accounts.items():

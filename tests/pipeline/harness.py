@@ -116,7 +116,8 @@ class ProcessorProcess(_ServiceProcess):
     def __init__(
         self, instance: str, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()
     ) -> None:
-        command = [sys.executable, "-m", "processors.cli", "-v", "processor"]
+        # -X faulthandler: SIGABRT prints every thread's stack (a hung process explains itself).
+        command = [sys.executable, "-X", "faulthandler", "-m", "processors.cli", "-v", "processor"]
         super().__init__(
             f"processor {instance}",
             [*command, "--instance", instance, *args],
@@ -131,7 +132,8 @@ class ProjectionProcess(_ServiceProcess):
     """One projection worker (`python -m projections`) with its HTTP API on a free port."""
 
     def __init__(self, worker: str, env: dict[str, str], log_path: Path) -> None:
-        command = [sys.executable, "-m", "projections", "--worker", worker, "--http-port", "0"]
+        command = [sys.executable, "-X", "faulthandler", "-m", "projections", "--worker", worker]
+        command += ["--http-port", "0"]
         super().__init__(
             f"projection worker {worker}", command, env, log_path, ready=r"ready: (http://\S+)"
         )
@@ -288,10 +290,11 @@ def run_submitters(
     seed: int,
     during: Callable[[int], None] | None = None,
     on_result: Callable[[], None] | None = None,
+    keep_going: Callable[[], bool] | None = None,
 ) -> list[Submitted]:
     """`submitters` threads, each with its own client, each sending `requests` batches one at
-    a time; `during(n)` is called by the first submitter before its n-th request, `on_result`
-    by every submitter after each result."""
+    a time (and more while `keep_going()`); `during(n)` is called by the first submitter
+    before its n-th request, `on_result` by every submitter after each result."""
     submitted: list[Submitted] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -299,7 +302,10 @@ def run_submitters(
     def submit(lane: int) -> None:
         try:
             with pipeline.client() as client:
-                for n, batch in enumerate(workload.Workload(seed, lane).batches(requests)):
+                lane_workload = workload.Workload(seed, lane)
+                n = 0
+                while n < requests or (keep_going is not None and keep_going()):
+                    batch = lane_workload.batch()
                     if during is not None and lane == 0:
                         during(n)
                     results = client.create_transfers(batch)
@@ -308,6 +314,7 @@ def run_submitters(
                         submitted.append((batch, [(int(r.status), r.timestamp) for r in results]))
                     if on_result is not None:
                         on_result()
+                    n += 1
         except BaseException as exc:  # surfaced in the test's thread
             errors.append(exc)
 
