@@ -12,6 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from producers import LedgerClient
+from schemas import Transfer
+from schemas.partitioning import partition_of
 from tests.faults.broker import PrivateBroker
 from tests.faults.checks import (
     Verdict,
@@ -22,6 +25,7 @@ from tests.faults.checks import (
     assert_reference,
     verdict,
 )
+from tests.pipeline import workload
 from tests.pipeline.harness import (
     Pipeline,
     ProcessorProcess,
@@ -45,6 +49,8 @@ FROZEN_S = SESSION_TIMEOUT_MS / 1000 + 6.0  # past the session: the group moves 
 BROKER_DOWN_S = 3.0
 TAKEOVER_TIMEOUT_S = 60.0
 FREEZE_TRIES = 3
+HEAVY_TRANSFERS = 2_000  # per partition: a few hundred ms of work for every instance
+HEAVY_IDS = 900_000_000  # above every submitter lane's ids
 FENCED = re.compile(r"transaction failed")  # the service's log line when a commit is refused
 
 
@@ -149,6 +155,10 @@ class ChaosRun:
         self._done = threading.Event()  # the submitters are done
         self._chaos_done = threading.Event()  # the schedule is done
         self._next_instance = 0
+        self._client: LedgerClient | None = None  # the chaos's own requests (freezes)
+        self._extra: list[Submitted] = []
+        self._extra_lock = threading.Lock()
+        self._heavy_id = HEAVY_IDS
         self.chaos_error: BaseException | None = None
 
     # The run ---------------------------------------------------------------------------------
@@ -162,8 +172,8 @@ class ChaosRun:
             self._add_processor()
         for index in range(self.plan.projection_workers):
             self.pipeline.projection(f"w{index}")
-        with self.pipeline.client() as client:
-            setup_accounts(client)
+        self._client = self.pipeline.client()
+        setup_accounts(self._client)
         chaos = threading.Thread(target=self._chaos, name="chaos")
         chaos.start()
         try:
@@ -181,9 +191,10 @@ class ChaosRun:
             with self._progress:
                 self._progress.notify_all()
             chaos.join()
+            self._client.close()
         if self.chaos_error is not None:
             raise AssertionError(f"the chaos failed:\n{self.pipeline.logs()}") from self.chaos_error
-        self._check(submitted)
+        self._check(submitted + self._extra)
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 
@@ -243,25 +254,60 @@ class ChaosRun:
 
     def _freeze(self, live: list[ProcessorProcess]) -> None:
         """SIGSTOP one instance past its session timeout while another lives to take over its
-        partitions; then SIGCONT it: whatever it then tries to commit must be refused. A
-        zombie caught between transactions has nothing to try: it is frozen again (at most
-        FREEZE_TRIES times), for the fencing to be tested, not assumed."""
+        partitions; then SIGCONT it: whatever it then tries to commit must be refused. To
+        catch it with a transaction in flight, big requests reach every partition just before
+        the freeze; a zombie caught between transactions has nothing to try, and is frozen
+        again (at most FREEZE_TRIES times): the fencing must be exercised, not assumed."""
         if len(live) < 2:
             self._add_processor()
             live = [p for p in self.pipeline.processes if p.alive]
         zombie = self.rng.choice(live)
         for _ in range(FREEZE_TRIES):
+            heavy = self._heavy_requests()
+            time.sleep(self.rng.uniform(0.05, 0.3))  # they are being decided and written now
             zombie.freeze()
             time.sleep(FROZEN_S)
             resumed_at = len(zombie.log_path.read_bytes())
             zombie.resume()
-            time.sleep(2.0)  # it finds its session gone (or its commit refused), and rejoins
+            for thread in heavy:
+                thread.join()  # answered by the instance that took over, or the zombie later
             after = zombie.log_path.read_bytes()[resumed_at:].decode(errors="replace")
             attempts = len(FENCED.findall(after))
             self.report.freezes += 1
             self.report.fenced_attempts += attempts
             if attempts:
                 return
+
+    def _heavy_requests(self) -> list[threading.Thread]:
+        """One big request per partition, each between two accounts of that partition (the
+        direct path), sent from threads of their own; their results join the submitted."""
+        threads = []
+        for partition in range(self.pipeline.partitions):
+            pair = [
+                a
+                for a in workload.ACCOUNTS
+                if partition_of(a, self.pipeline.partitions) == partition
+            ][:2]
+            batch = []
+            for _ in range(HEAVY_TRANSFERS):
+                self._heavy_id += 1
+                batch.append(
+                    Transfer(self._heavy_id, pair[0], pair[1], 1, ledger=workload.LEDGER, code=1)
+                )
+            thread = threading.Thread(target=self._submit_heavy, args=(batch,))
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _submit_heavy(self, batch: list[Transfer]) -> None:
+        try:
+            assert self._client is not None
+            results = self._client.create_transfers(batch)
+            assert len(results) == len(batch)
+            with self._extra_lock:
+                self._extra.append((batch, [(int(r.status), r.timestamp) for r in results]))
+        except BaseException as exc:  # surfaced by run()
+            self.chaos_error = exc
 
     def _revive_the_dead(self) -> None:
         """A process that exited by itself is a finding: recorded, then started again so the

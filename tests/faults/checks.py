@@ -178,7 +178,7 @@ def aborted_results(bootstrap: str, topics: Topics, partitions: int) -> Counter[
             reader.assign([TopicPartition(topics.results, partition, 0)])
             done = False
             while not done:
-                for message in reader.consume(10_000, 1.0):
+                for message in reader.consume(10_000, 0.05):
                     error = message.error()
                     if error is None:
                         everything[decode_result_batch(message.value() or b"").request_id] += 1
