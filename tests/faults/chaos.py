@@ -49,9 +49,12 @@ FROZEN_S = SESSION_TIMEOUT_MS / 1000 + 6.0  # past the session: the group moves 
 BROKER_DOWN_S = 3.0
 TAKEOVER_TIMEOUT_S = 60.0
 FREEZE_TRIES = 3
+RESUMED_S = 5.0
 HEAVY_TRANSFERS = 2_000  # per partition: a few hundred ms of work for every instance
 HEAVY_IDS = 900_000_000  # above every submitter lane's ids
-FENCED = re.compile(r"transaction failed")  # the service's log line when a commit is refused
+# The service's log lines when a commit is refused, or abandoned (its deadline, which runs on
+# the wall clock, passed while the process was frozen) and its producers fenced by new ones.
+FENCED = re.compile(r"transaction failed|transaction not ended")
 
 
 class Fault(enum.Enum):
@@ -269,14 +272,25 @@ class ChaosRun:
             time.sleep(FROZEN_S)
             resumed_at = len(zombie.log_path.read_bytes())
             zombie.resume()
+            attempts = self._fenced_attempts(zombie, resumed_at)
             for thread in heavy:
                 thread.join()  # answered by the instance that took over, or the zombie later
-            after = zombie.log_path.read_bytes()[resumed_at:].decode(errors="replace")
-            attempts = len(FENCED.findall(after))
             self.report.freezes += 1
             self.report.fenced_attempts += attempts
             if attempts:
                 return
+
+    @staticmethod
+    def _fenced_attempts(zombie: ProcessorProcess, resumed_at: int) -> int:
+        """The commits the zombie's log shows refused or abandoned since it was resumed, once
+        it has had RESUMED_S to try (it finds its session gone, or its commit refused)."""
+        deadline = time.monotonic() + RESUMED_S
+        while True:
+            after = zombie.log_path.read_bytes()[resumed_at:].decode(errors="replace")
+            attempts = len(FENCED.findall(after))
+            if attempts or time.monotonic() > deadline:
+                return attempts
+            time.sleep(0.1)
 
     def _heavy_requests(self) -> list[threading.Thread]:
         """One big request per partition, each between two accounts of that partition (the
