@@ -47,7 +47,6 @@ PROCESSOR_ARGS = (
 )
 FROZEN_S = SESSION_TIMEOUT_MS / 1000 + 6.0  # past the session: the group moves on without it
 BROKER_DOWN_S = 3.0
-TAKEOVER_TIMEOUT_S = 60.0
 FREEZE_TRIES = 3
 RESUMED_S = 5.0
 HEAVY_TRANSFERS = 2_000  # per partition: a few hundred ms of work for every instance
