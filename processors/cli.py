@@ -472,7 +472,12 @@ def _processor(args: argparse.Namespace) -> int:
             topics=environment.topics,
             instance=args.instance,
             allow_clock_control=os.environ.get(ENV_ALLOW_CLOCK_CONTROL) == "1",
-            **({"step_bytes_max": args.step_bytes_max} if args.step_bytes_max else {}),
+            # Unset options keep ServiceConfig's defaults.
+            **{
+                name: value
+                for name in ("session_timeout_ms", "transaction_timeout_ms", "step_bytes_max")
+                if (value := getattr(args, name)) is not None
+            },
         )
     )
     stop = threading.Event()
@@ -507,6 +512,20 @@ def register_processor(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         type=int,
         default=None,
         help="commands (bytes) one transaction takes at most (default 4 MiB); the rest waits",
+    )
+    processor.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=None,
+        help="consumer group session: a frozen instance loses its partitions after this long "
+        "(default 10000; the broker's group.min.session.timeout.ms, 6000, is the floor)",
+    )
+    processor.add_argument(
+        "--transaction-timeout-ms",
+        type=int,
+        default=None,
+        help="the coordinator aborts a transaction left open this long, e.g. a dead "
+        "instance's (default 10000)",
     )
     processor.set_defaults(handler=_processor)
 

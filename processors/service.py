@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import re
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,32 @@ class _Stats:
         )
 
 
+class _DaemonCaller:
+    """Runs calls on a daemon thread of its own, the caller waiting at most `timeout_s`: a call
+    that never returns is abandoned with its thread (which does not hold up the exit)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], None], Future[None]]]
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="transaction-end", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            call, future = self._calls.get()
+            try:
+                call()
+            except BaseException as exc:  # handed to the waiting caller
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+    def call(self, call: Callable[[], None], timeout_s: float) -> None:
+        """Raises what the call raised, or concurrent.futures.TimeoutError."""
+        future: Future[None] = Future()
+        self._calls.put((call, future))
+        future.result(timeout_s)
+
+
 def message_headers(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw  # consumed messages carry a list
@@ -265,6 +295,14 @@ class ProcessorService:
         self.producers = [self._new_producer(k) for k in range(TRANSACTION_PRODUCERS)]
         self._next_producer = 0
         self.producer = self.producers[0]
+        # Ends transactions under a deadline of our own: after a broker restart librdkafka
+        # (2.16) can keep the group coordinator of a broker handle it has since dropped, and
+        # send_offsets_to_transaction then waits past its timeout, forever (librdkafka #5456,
+        # #5511), and the instance with it. A call that outlives twice the transaction timeout
+        # is given up on: the producers are replaced (which fences them) and the partitions are
+        # rebuilt from Kafka, as after any failed transaction.
+        self._finisher = _DaemonCaller()
+        self._wedged_after_s = 2 * config.transaction_timeout_ms / 1000
 
     def _new_producer(self, index: int) -> Producer:
         producer = Producer(
@@ -471,14 +509,17 @@ class ProcessorService:
                 TopicPartition(self.topics.commands, p.index, p.commands_next)
                 for p in self.partitions.values()
             ]
+            metadata = self.consumer.consumer_group_metadata()
             produced = time.monotonic()
-            producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), 30
+            self._finisher.call(
+                lambda: self._end_transaction(producer, offsets, metadata), self._wedged_after_s
             )
-            producer.commit_transaction(30)
             self.stats.commit_s += time.monotonic() - produced
         except KafkaException as exc:
             self._transaction_failed(exc)
+            return
+        except FutureTimeout:
+            self._transaction_wedged()
             return
         for partition in touched:
             partition.events_offset = self._events_delivered.get(
@@ -544,6 +585,23 @@ class ProcessorService:
             index, offset = _position(message)
             self._events_delivered[index] = max(self._events_delivered.get(index, -1), offset)
 
+    @staticmethod
+    def _end_transaction(producer: Producer, offsets: list[TopicPartition], metadata: Any) -> None:
+        producer.send_offsets_to_transaction(offsets, metadata, 30)
+        producer.commit_transaction(30)
+
+    def _transaction_wedged(self) -> None:
+        log.warning(
+            "transaction not ended within %.0f s: new producers; rebuilding partitions from "
+            "their changelog", self._wedged_after_s,
+        )  # fmt: skip
+        # The blocked call keeps its (daemon) thread and its producer; both are abandoned. All
+        # the producers lived through what wedged this one, so all are replaced; each new one's
+        # init_transactions fences its predecessor: their open transactions never land.
+        self._finisher = _DaemonCaller()
+        self.producers = [self._new_producer(k) for k in range(TRANSACTION_PRODUCERS)]
+        self._rebuild_partitions()
+
     def _transaction_failed(self, exc: KafkaException) -> None:
         error = exc.args[0]
         log.warning("transaction failed (%s); rebuilding partitions from their changelog", error)
@@ -556,8 +614,11 @@ class ProcessorService:
         except KafkaException as abort_failure:
             log.warning("abort failed (%s); new producer", abort_failure)
             self.producers[index] = self._new_producer(index)
-        # Nothing of this transaction happened: drop the buffers, recover from Kafka, and read
-        # the commands again from where the states stand.
+        self._rebuild_partitions()
+
+    def _rebuild_partitions(self) -> None:
+        # Whatever became of the transaction, drop the buffers, recover what Kafka committed,
+        # and read the commands again from where the states stand.
         indexes = list(self.partitions)
         self._close_partitions(indexes)
         self._recover(indexes)

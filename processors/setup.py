@@ -119,6 +119,9 @@ def read_committed(
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            # A fetch with nothing new waits this long (default 500 ms): a recovery reads
+            # three partitions to their end, and the end is where it stops.
+            "fetch.wait.max.ms": 10,
         }
     )
     try:
@@ -131,7 +134,9 @@ def read_committed(
         reader.assign([TopicPartition(topic, partition, start or OFFSET_BEGINNING)])
         while True:
             done = False
-            for message in reader.consume(10_000, 1.0):
+            # consume() waits out its whole timeout unless the batch fills: a short one, or
+            # every read (three per partition on a takeover) would cost a second.
+            for message in reader.consume(10_000, 0.05):
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

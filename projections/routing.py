@@ -35,7 +35,14 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import web
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
 
@@ -112,6 +119,11 @@ class Owner:
 # The registry
 
 
+def _log_undelivered(error: KafkaError | None, message: Message) -> None:
+    if error is not None:
+        log.warning("registry: an announcement was not delivered: %s", error)
+
+
 class Registry:
     """Announces this worker's partitions and follows everyone's (see the module docstring)."""
 
@@ -149,7 +161,9 @@ class Registry:
 
     def announce(self, worker: str, url: str, partitions: Iterable[int]) -> None:
         value = json.dumps({"worker": worker, "url": url, "partitions": sorted(partitions)})
-        self._producer.produce(self.topic, value.encode(), worker.encode())
+        self._producer.produce(
+            self.topic, value.encode(), worker.encode(), on_delivery=_log_undelivered
+        )
         self._producer.poll(0)
 
     def retire(self, worker: str, timeout_s: float = 10.0) -> None:

@@ -68,7 +68,14 @@ log = logging.getLogger("ledger.projections")
 # a dead processor's open transaction at most its transaction timeout).
 EndOffsets = Literal["high_watermark", "stable"]
 
-_ASSIGNMENT_STRATEGY: Final = "cooperative-sticky"  # partitions that stay keep serving
+_ASSIGNMENT_STRATEGY: Final = "cooperative-sticky"
+_STALE_LEADER_ERRORS: Final = frozenset(
+    {
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)  # partitions that stay keep serving
 
 
 class NotOwned(Exception):
@@ -262,6 +269,21 @@ class ProjectionWorker:
         topic = self.config.topics.events
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         requests = {TopicPartition(topic, p): latest for p in partitions}
+        try:
+            return await self._list_offsets(requests, isolation)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _STALE_LEADER_ERRORS:
+                raise
+            # After a broker restart librdkafka's admin client can keep sending the leader
+            # epochs it knew before, and the broker refuses them every time
+            # (FENCED_LEADER_EPOCH): a new client learns the current ones.
+            log.warning("ListOffsets: %s; asking again with a new admin client", exc.args[0])
+            self._admin = AdminClient({"bootstrap.servers": self.config.bootstrap})
+            return await self._list_offsets(requests, isolation)
+
+    async def _list_offsets(
+        self, requests: dict[TopicPartition, Any], isolation: IsolationLevel
+    ) -> dict[int, int]:
         futures = self._admin.list_offsets(
             requests, isolation_level=isolation, request_timeout=10.0
         )

@@ -29,14 +29,14 @@ from schemas import (
 from schemas.codec import encode_command_batch, encode_event_batch
 from schemas.messages import CommandBatch, EventBatch, Operation
 from schemas.topics import Topics
-from tests.pipeline.harness import pipeline_env
-from tests.pipeline.test_pipeline import (  # noqa: F401 (the fixture)
+from tests.pipeline.harness import (
     PARTITIONS,
     Pipeline,
-    pipeline,
+    pipeline_env,
     run_submitters,
     setup_accounts,
 )
+from tests.pipeline.test_pipeline import pipeline  # noqa: F401 (the fixture)
 from tests.projections.test_audit_checks import balances_after, history, split, transfer_event
 
 pytestmark = pytest.mark.kafka

@@ -31,8 +31,15 @@ from schemas.codec import decode_event_batch
 from schemas.partitioning import partition_of
 from schemas.topics import Topics
 from tests.pipeline import workload
-from tests.pipeline.harness import ProcessorProcess, pipeline_env, read_partition, replay_events
-from tests.pipeline.test_pipeline import decision_time, reference_with_accounts, setup_accounts
+from tests.pipeline.harness import (
+    ProcessorProcess,
+    decision_time,
+    pipeline_env,
+    read_partition,
+    reference_with_accounts,
+    replay_events,
+    setup_accounts,
+)
 
 pytestmark = pytest.mark.kafka
 

@@ -1,0 +1,1 @@
+"""The fault suite: real broker, real processes, real signals (docs/FAULTS.md)."""
