@@ -54,6 +54,8 @@ class Supervisor:
             name, [sys.executable, "-m", *args], self.log_dir / f"{name}.log", ready_marker
         )
         with child.log_path.open("ab") as log:
+            # The log is kept across restarts: only what this start writes may say it is ready.
+            started_at = log.tell()
             child.process = subprocess.Popen(
                 child.command,
                 env=self.env,
@@ -65,13 +67,19 @@ class Supervisor:
             )
         self.children.append(child)
         deadline = time.monotonic() + timeout_s
-        while ready_marker not in (child.log_path.read_text(errors="replace")):
+        while ready_marker not in self._output_since(child, started_at):
             if child.process.poll() is not None:
                 raise SupervisorError(f"{name} exited during start-up:\n{child.tail()}")
             if time.monotonic() > deadline:
                 raise SupervisorError(f"{name} not ready within {timeout_s:.0f} s:\n{child.tail()}")
             time.sleep(0.05)
         return child
+
+    @staticmethod
+    def _output_since(child: Child, offset: int) -> str:
+        with child.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def failed(self) -> Child | None:
         """The first child that exited on its own, if any."""
