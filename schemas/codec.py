@@ -1313,6 +1313,15 @@ _RESULT_FINGERPRINT: Final = "1790378b75588d7b"
 _OPERATION_INDEX: Final = {operation: _VARINT_1[i << 1] for i, operation in enumerate(Operation)}
 
 
+def _fast_head(header: bytes, batch: CommandBatch | ResultBatch) -> bytes:
+    """What a request and its results start with: request id, submitter, operation."""
+    submitter = batch.submitter.encode()
+    return b"".join((
+        header, batch.request_id.to_bytes(16, "big"), _varint(len(submitter) << 1), submitter,
+        _OPERATION_INDEX[batch.operation],
+    ))  # fmt: skip
+
+
 def _fast_result_write(header: bytes, batch: Any) -> bytes | None:
     """The result batch's bytes, or None if it is not for the fast path."""
     try:
@@ -1327,11 +1336,7 @@ def _fast_result_write(header: bytes, batch: Any) -> bytes | None:
             or batch.sequence not in _I64_RANGE
         ):
             return None
-        submitter = batch.submitter.encode()
-        parts: list[bytes | bytearray] = [
-            header, batch.request_id.to_bytes(16, "big"), _varint(len(submitter) << 1),
-            submitter, _OPERATION_INDEX[batch.operation],
-        ]  # fmt: skip
+        parts: list[bytes | bytearray] = [_fast_head(header, batch)]
         if results:
             parts.append(_varint(len(results) << 1))
             for r in results:
@@ -1367,10 +1372,8 @@ def _fast_command_write(header: bytes, batch: Any) -> bytes | None:
             or batch.submitted_at_ns >> 64
         ):
             return None
-        submitter = batch.submitter.encode()
         return b"".join((
-            header, batch.request_id.to_bytes(16, "big"), _varint(len(submitter) << 1),
-            submitter, _VARINT_1[_CREATE_TRANSFERS_INDEX], _EMPTY_ARRAY,
+            _fast_head(header, batch), _EMPTY_ARRAY,
             _varint(len(transfers) << 1), *[_fast_transfer(t) for t in transfers], _EMPTY_ARRAY,
             _NULL_BRANCH, _varint_u64(batch.submitted_at_ns),
         ))  # fmt: skip

@@ -23,6 +23,7 @@ from schemas.messages import (
 )
 from schemas.records import Account, Transfer
 from tests.schemas.test_codec import full_transfer, transfers, u64, u128
+from tests.schemas.test_fast_decode import mutate
 
 FASTAVRO_ONLY = AvroCodec(fast=False)
 
@@ -104,17 +105,7 @@ VALID = codec.encode_command_batch(request([full_transfer(), Transfer(id=3, amou
 def test_fuzz_mutated_requests_decode_as_fastavro_does(
     flips: list[tuple[int, int]], mode: int, cut: int
 ) -> None:
-    data = bytearray(VALID)
-    for position, value in flips:
-        data[9 + position % (len(data) - 9)] = value
-    at = 9 + cut % (len(data) - 9)
-    if mode == 1:
-        del data[at:]
-    elif mode == 2:
-        data[at:at] = bytes([cut & 0xFF])
-    elif mode == 3:
-        del data[at]
-    mutated = bytes(data)
+    mutated = mutate(VALID, flips, mode, cut)
     expected = outcome(FASTAVRO_ONLY.decode_command_batch, mutated)
     answer = codec._fast_command_read(mutated)
     if answer is not None:
