@@ -24,7 +24,9 @@ from processors.kafka_broker import (
     BrokerError,
     BrokerInfo,
     LocalBroker,
+    ensure_broker,
 )
+from processors.settings import LedgerEnvironment
 
 __all__ = ["REGISTRARS", "CliError", "Registrar", "build_parser", "main"]
 
@@ -159,7 +161,6 @@ def register_kafka(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _up(args: argparse.Namespace) -> int:
-    from processors.settings import LedgerEnvironment
     from processors.setup import TopicsError
     from processors.supervisor import SupervisorError
     from processors.up import start_stack, wait_for_signal
@@ -223,18 +224,26 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 # ledger submit | show
 
 
+def _environment() -> tuple[LedgerEnvironment, str]:
+    """The ledger's settings from the environment (a bad one is a CliError naming it) and the
+    broker to use (the local one, started if need be, when none is configured)."""
+    try:
+        environment = LedgerEnvironment.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return environment, ensure_broker()
+
+
 def _submit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from processors.files import FileProblem, submit_file
-    from processors.kafka_broker import ensure_broker
-    from processors.settings import LedgerEnvironment
     from producers import LedgerClient, LedgerClientError
 
     console = Console()
-    environment = LedgerEnvironment.from_env()
+    environment, bootstrap = _environment()
     try:
-        with LedgerClient(ensure_broker(), environment.topics.prefix) as client:
+        with LedgerClient(bootstrap, environment.topics.prefix) as client:
             statuses = submit_file(client, args.file, args.kind, args.batch_size, console)
     except (FileProblem, LedgerClientError, OSError) as exc:
         raise CliError(str(exc)) from exc
@@ -249,7 +258,6 @@ def _show(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from processors.files import show_account
-    from processors.settings import LedgerEnvironment
 
     url = args.url or f"http://127.0.0.1:{LedgerEnvironment.from_env().http_port}"
     try:
@@ -308,15 +316,9 @@ def register_files(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from processors.kafka_broker import ensure_broker
-    from processors.settings import LedgerEnvironment
     from projections.audit import audit_log
 
-    try:
-        environment = LedgerEnvironment.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    bootstrap = ensure_broker()
+    environment, bootstrap = _environment()
     started_s = time.perf_counter()
     report = audit_log(bootstrap, environment.topics, environment.partitions, args.settle_timeout)
     elapsed_s = time.perf_counter() - started_s
@@ -343,16 +345,10 @@ def _replay(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from processors.kafka_broker import ensure_broker
-    from processors.settings import LedgerEnvironment
     from projections.cli import api_keys_from_env
     from projections.replay import replay, total_offsets
 
-    try:
-        environment = LedgerEnvironment.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    bootstrap = ensure_broker()
+    environment, bootstrap = _environment()
     topics, partitions = environment.topics, environment.partitions
     keys = api_keys_from_env()
     console = Console(stderr=True)
@@ -449,16 +445,10 @@ def _processor(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from processors.kafka_broker import ensure_broker
     from processors.service import ENV_ALLOW_CLOCK_CONTROL, ProcessorService, ServiceConfig
-    from processors.settings import LedgerEnvironment
     from processors.setup import TopicsError, ensure_topics
 
-    try:
-        environment = LedgerEnvironment.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    bootstrap = ensure_broker()
+    environment, bootstrap = _environment()
     try:
         ensure_topics(bootstrap, environment.topics, environment.partitions)
     except TopicsError as exc:
