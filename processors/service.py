@@ -4,8 +4,10 @@ One instance owns the commands partitions the consumer group assigns it. Each lo
 what arrived (commands, facts and applies on its partitions; the sequence topic, which every
 instance reads whole), lets the machines decide, and writes everything that came out (events,
 results, messages to other partitions, sequence entries, one checkpoint per partition) in one
-Kafka transaction with the input offsets. The machines' RocksDB buffers are written after the
-commit; after a crash a partition catches up from its changelog (events + processor-log).
+Kafka transaction with the input offsets. The transaction ends on a thread of its own while the
+loop decides the next step over the sealed buffers (RocksLedgerState.seal); the next
+transaction begins only once that one has committed, and the sealed buffers are then written
+to RocksDB. After a crash a partition catches up from its changelog (events + processor-log).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +129,6 @@ class _Partition:
     events_offset: int  # the last events offset the state reflects
     out: Outbox = field(default_factory=Outbox)
     touched: bool = False
-    checkpoint: bytes = b""  # the one written in the current transaction
     # Malformed messages of the current step: (value, key, headers) for the dead-letter topic.
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # With LEDGER_ALLOW_CLOCK_CONTROL=1, the first clock message stops the wall clock for this
@@ -138,6 +140,26 @@ class _Partition:
         return wall_ns if self.manual_now is None else self.manual_now
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """A transaction whose end (offsets, commit) runs on the finisher's thread."""
+
+    producer: Producer
+    ended: Future[None]
+    deadline: float  # monotonic: past it, the transaction is taken as wedged
+    partitions: list[_Partition]  # those it wrote, whose states are sealed
+    checkpoints: dict[int, bytes]  # by partition: the one it logged
+    # By partition, the offset of its last events message, filled in by the delivery
+    # callbacks (on the thread that ends the transaction).
+    events_offsets: dict[int, int]
+
+
+def _note_delivery(offsets: dict[int, int], error: KafkaError | None, message: Message) -> None:
+    if error is None:
+        index, offset = _position(message)
+        offsets[index] = max(offsets.get(index, -1), offset)
+
+
 @dataclass
 class _Stats:
     """What the loop did since the last report (logged every STATS_INTERVAL_S)."""
@@ -146,7 +168,9 @@ class _Stats:
     steps: int = 0
     messages: int = 0
     busy_s: float = 0.0  # deciding and committing, from the end of the poll
-    commit_s: float = 0.0  # the transaction's round trips (offsets, commit)
+    commit_s: float = 0.0  # waiting for the previous transaction's end (offsets, commit)
+    collect_s: float = 0.0  # the timed cycle collections
+    longest_s: float = 0.0  # the longest step
 
     def report(self) -> str:
         elapsed_s = max(time.monotonic() - self.since, 1e-9)
@@ -154,8 +178,10 @@ class _Stats:
         return (
             f"{self.steps / elapsed_s:.0f} steps/s, {self.messages / steps:.1f} messages/step, "
             f"busy {100 * self.busy_s / elapsed_s:.0f}%, "
-            f"{1000 * self.busy_s / steps:.1f} ms/step of which commit "
-            f"{1000 * self.commit_s / steps:.1f} ms"
+            f"{1000 * self.busy_s / steps:.1f} ms/step of which waiting for the previous "
+            f"commit {1000 * self.commit_s / steps:.1f} ms, longest "
+            f"{1000 * self.longest_s:.0f} ms; cycle collection "
+            f"{1000 * self.collect_s:.0f} ms"
         )
 
 
@@ -178,11 +204,11 @@ class _DaemonCaller:
             else:
                 future.set_result(None)
 
-    def call(self, call: Callable[[], None], timeout_s: float) -> None:
-        """Raises what the call raised, or concurrent.futures.TimeoutError."""
+    def submit(self, call: Callable[[], None]) -> Future[None]:
+        """The call's future: its result() raises what the call raised."""
         future: Future[None] = Future()
         self._calls.put((call, future))
-        future.result(timeout_s)
+        return future
 
 
 def message_headers(message: Message) -> dict[str, bytes]:
@@ -256,7 +282,7 @@ class ProcessorService:
         self.config = config
         self.topics = config.topics
         self.partitions: dict[int, _Partition] = {}
-        self._events_delivered: dict[int, int] = {}
+        self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
         self._last_tick = 0.0
         self.stats = _Stats()
         common = {"bootstrap.servers": config.bootstrap}
@@ -294,7 +320,6 @@ class ProcessorService:
         # in the protocol, which librdkafka does not speak yet).
         self.producers = [self._new_producer(k) for k in range(TRANSACTION_PRODUCERS)]
         self._next_producer = 0
-        self.producer = self.producers[0]
         # Ends transactions under a deadline of our own: after a broker restart librdkafka
         # (2.16) can keep the group coordinator of a broker handle it has since dropped, and
         # send_offsets_to_transaction then waits past its timeout, forever (librdkafka #5456,
@@ -345,14 +370,23 @@ class ProcessorService:
             while not stop.is_set():
                 self.step()
                 if time.monotonic() >= next_collection:
+                    collecting = time.monotonic()
                     gc.collect()
                     gc.freeze()
                     next_collection = time.monotonic() + GC_INTERVAL_S
+                    self.stats.collect_s += next_collection - GC_INTERVAL_S - collecting
         finally:
             self.close()
             gc.enable()
 
     def close(self) -> None:
+        ending, self._ending = self._ending, None
+        if ending is not None:  # what commits reaches RocksDB (else recovery folds it)
+            try:
+                ending.ended.result(max(0.0, ending.deadline - time.monotonic()))
+                self._write_sealed(ending)
+            except (KafkaException, FutureTimeout) as exc:
+                log.warning("the last transaction did not commit (%r)", exc)
         for partition in list(self.partitions.values()):
             partition.store.close()
         self.partitions.clear()
@@ -364,10 +398,16 @@ class ProcessorService:
     def step(self) -> None:
         """One loop: read, decide, commit."""
         messages = self.consumer.consume(self.config.batch_messages_max, self.config.poll_timeout_s)
+        if not self._settle(wait=False):
+            return  # the previous transaction failed: the partitions were rebuilt
         sequenced = self._read_sequence()
         now = time.time_ns()
         tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
         if not messages and not sequenced and not tick:
+            # Nothing to decide meanwhile: wait for the transaction ending instead of polling
+            # on. (Polling through a broker outage while a transaction hung left the consumer
+            # reading nothing after it: tests/faults, test_broker_restart_mid_run.)
+            self._settle(wait=True)
             return
         polled = time.monotonic()
         taken = 0
@@ -392,7 +432,9 @@ class ProcessorService:
         stats = self.stats
         stats.steps += 1
         stats.messages += len(messages)
-        stats.busy_s += time.monotonic() - polled
+        busy_s = time.monotonic() - polled
+        stats.busy_s += busy_s
+        stats.longest_s = max(stats.longest_s, busy_s)
         if time.monotonic() - stats.since >= STATS_INTERVAL_S:
             log.info("loop: %s", stats.report())
             self.stats = _Stats()
@@ -494,51 +536,95 @@ class ProcessorService:
     # The transaction
 
     def _commit(self) -> None:
+        """Produce this step's transaction once the previous one has committed, and leave its
+        end to the finisher: the next step is decided meanwhile."""
         touched = [p for p in self.partitions.values() if p.touched]
         if not touched:
             return
-        self.producer = producer = self.producers[self._next_producer]
+        if not self._settle(wait=True):
+            return  # the previous one failed; this step, decided over it, is gone with it
+        producer = self.producers[self._next_producer]
         self._next_producer = (self._next_producer + 1) % len(self.producers)
-        self._events_delivered = {}
         encoded: EncodedEvents = {}  # an event logged to several partitions is encoded once
+        checkpoints: dict[int, bytes] = {}
+        events_offsets: dict[int, int] = {}
+        delivered = partial(_note_delivery, events_offsets)
         try:
             producer.begin_transaction()
             for partition in touched:
-                self._produce_outbox(partition, encoded)
+                checkpoints[partition.index] = self._produce_outbox(
+                    producer, partition, encoded, delivered
+                )
             offsets = [
                 TopicPartition(self.topics.commands, p.index, p.commands_next)
                 for p in self.partitions.values()
             ]
             metadata = self.consumer.consumer_group_metadata()
-            produced = time.monotonic()
-            self._finisher.call(
-                lambda: self._end_transaction(producer, offsets, metadata), self._wedged_after_s
-            )
-            self.stats.commit_s += time.monotonic() - produced
         except KafkaException as exc:
-            self._transaction_failed(exc)
-            return
-        except FutureTimeout:
-            self._transaction_wedged()
+            self._transaction_failed(producer, exc)
             return
         for partition in touched:
-            partition.events_offset = self._events_delivered.get(
-                partition.index, partition.events_offset
-            )
-            partition.state.commit(
-                {
-                    _META_EVENTS_OFFSET: str(partition.events_offset).encode(),
-                    _META_CHECKPOINT: partition.checkpoint,
-                }
-            )
+            partition.state.seal()
             partition.out.clear()  # the peers' machines hold on to this outbox
             partition.dead_letters = []
             partition.touched = False
+        ended = self._finisher.submit(lambda: self._end_transaction(producer, offsets, metadata))
+        self._ending = _Ending(
+            producer,
+            ended,
+            time.monotonic() + self._wedged_after_s,
+            touched,
+            checkpoints,
+            events_offsets,
+        )
 
-    def _produce_outbox(self, partition: _Partition, encoded: EncodedEvents) -> None:
+    def _settle(self, *, wait: bool, rebuild: bool = True) -> bool:
+        """Once the transaction ending meanwhile has committed (at once if `wait`), write its
+        partitions' sealed buffers to RocksDB. False if it failed: the partitions were then
+        rebuilt from Kafka (closed if not `rebuild`: inside a rebalance callback, which
+        recovers what it assigns), and whatever was decided since is gone."""
+        ending = self._ending
+        if ending is None or not (wait or ending.ended.done()):
+            return True
+        self._ending = None
+        waited = time.monotonic()
+        try:
+            ending.ended.result(max(0.0, ending.deadline - waited))
+        except KafkaException as exc:
+            self._transaction_failed(ending.producer, exc, rebuild)
+            return False
+        except FutureTimeout:
+            self._transaction_wedged(rebuild)
+            return False
+        self.stats.commit_s += time.monotonic() - waited
+        self._write_sealed(ending)
+        return True
+
+    @staticmethod
+    def _write_sealed(ending: _Ending) -> None:
+        """The transaction committed: its partitions' states reflect it in RocksDB too."""
+        for partition in ending.partitions:
+            partition.events_offset = ending.events_offsets.get(
+                partition.index, partition.events_offset
+            )
+            partition.state.write_sealed(
+                {
+                    _META_EVENTS_OFFSET: str(partition.events_offset).encode(),
+                    _META_CHECKPOINT: ending.checkpoints[partition.index],
+                }
+            )
+
+    def _produce_outbox(
+        self,
+        producer: Producer,
+        partition: _Partition,
+        encoded: EncodedEvents,
+        on_events_delivered: Callable[[KafkaError | None, Message], None],
+    ) -> bytes:
+        """Produce what the partition's step gave; returns the checkpoint it logged."""
         out = partition.out
         topics = self.topics
-        produce = self.producer.produce
+        produce = producer.produce
         events = out.events
         starts = list(range(0, len(events), EVENTS_PER_MESSAGE))
         if not starts and out.applied_sequence >= 0:
@@ -551,12 +637,17 @@ class ProcessorService:
                 topics.events,
                 value=encode_event_batch(EventBatch(partition.index, chunk, marker), encoded),
                 partition=partition.index,
-                on_delivery=self._on_events_delivered,
+                on_delivery=on_events_delivered,
             )
         for value, key, headers in partition.dead_letters:
             produce(topics.dead_letters, value=value, key=key, headers=headers)
         for result in out.results:
-            self._produce_result(result)
+            produce(
+                topics.results,
+                value=encode_result_batch(result),
+                key=result.submitter.encode(),
+                partition=results_partition(result.submitter, self.config.partitions),
+            )
         for target, message in out.messages:
             if isinstance(message, Facts):
                 value, kind = encode_facts(message), KIND_FACTS
@@ -568,29 +659,16 @@ class ProcessorService:
             produce(topics.sequence, value=encode_sequenced_entry(entry), partition=0)
         # The events offset is known only after delivery; recovery reads it from RocksDB's meta
         # and folds whatever events follow it.
-        checkpoint = partition.machine.checkpoint(partition.commands_next, -1)
-        partition.checkpoint = encode_checkpoint(checkpoint)
-        produce(topics.processor_log, value=partition.checkpoint, partition=partition.index)
-
-    def _produce_result(self, result: ResultBatch) -> None:
-        self.producer.produce(
-            self.topics.results,
-            value=encode_result_batch(result),
-            key=result.submitter.encode(),
-            partition=results_partition(result.submitter, self.config.partitions),
-        )
-
-    def _on_events_delivered(self, error: KafkaError | None, message: Message) -> None:
-        if error is None:
-            index, offset = _position(message)
-            self._events_delivered[index] = max(self._events_delivered.get(index, -1), offset)
+        checkpoint = encode_checkpoint(partition.machine.checkpoint(partition.commands_next, -1))
+        produce(topics.processor_log, value=checkpoint, partition=partition.index)
+        return checkpoint
 
     @staticmethod
     def _end_transaction(producer: Producer, offsets: list[TopicPartition], metadata: Any) -> None:
         producer.send_offsets_to_transaction(offsets, metadata, 30)
         producer.commit_transaction(30)
 
-    def _transaction_wedged(self) -> None:
+    def _transaction_wedged(self, rebuild: bool = True) -> None:
         log.warning(
             "transaction not ended within %.0f s: new producers; rebuilding partitions from "
             "their changelog", self._wedged_after_s,
@@ -600,27 +678,33 @@ class ProcessorService:
         # init_transactions fences its predecessor: their open transactions never land.
         self._finisher = _DaemonCaller()
         self.producers = [self._new_producer(k) for k in range(TRANSACTION_PRODUCERS)]
-        self._rebuild_partitions()
+        self._rebuild_partitions(rebuild)
 
-    def _transaction_failed(self, exc: KafkaException) -> None:
+    def _transaction_failed(
+        self, producer: Producer, exc: KafkaException, rebuild: bool = True
+    ) -> None:
         error = exc.args[0]
         log.warning("transaction failed (%s); rebuilding partitions from their changelog", error)
-        index = self.producers.index(self.producer)
+        index = self.producers.index(producer)
         try:
             if error.fatal():
                 self.producers[index] = self._new_producer(index)
             else:
-                self.producer.abort_transaction(30)
+                producer.abort_transaction(30)
         except KafkaException as abort_failure:
             log.warning("abort failed (%s); new producer", abort_failure)
             self.producers[index] = self._new_producer(index)
-        self._rebuild_partitions()
+        self._rebuild_partitions(rebuild)
 
-    def _rebuild_partitions(self) -> None:
+    def _rebuild_partitions(self, rebuild: bool = True) -> None:
         # Whatever became of the transaction, drop the buffers, recover what Kafka committed,
-        # and read the commands again from where the states stand.
+        # and read the commands again from where the states stand. Inside a rebalance callback
+        # the partitions are only closed: seeking there fails, and the assignment that follows
+        # recovers them.
         indexes = list(self.partitions)
         self._close_partitions(indexes)
+        if not rebuild:
+            return
         self._recover(indexes)
         for partition in self.partitions.values():
             self.consumer.seek(
@@ -631,7 +715,9 @@ class ProcessorService:
     # Ownership changes and recovery
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
-        # No transaction is open here: callbacks run inside consume(), between loops.
+        # Callbacks run inside consume(), between loops: no transaction is being produced,
+        # but the previous one may still be ending; ownership changes only once it has.
+        self._settle(wait=True, rebuild=False)
         indexes = [tp.partition for tp in assigned]
         self._recover(indexes)
         # Resume each partition's commands where its state stands.
@@ -643,6 +729,7 @@ class ProcessorService:
         )
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self._settle(wait=True, rebuild=False)
         self._close_partitions([tp.partition for tp in revoked])
 
     def _close_partitions(self, indexes: list[int]) -> None:

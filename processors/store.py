@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import struct
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Generic, TypeVar, cast
@@ -348,6 +349,9 @@ class PartitionStore:
         options.set_write_buffer_manager(budget._write_buffers)
         options.set_max_total_wal_size(4 * write_buffer_size_bytes)
         options.set_keep_log_file_num(2)
+        # Most point reads of new ids miss: a bloom filter per memtable answers them too.
+        options.set_memtable_prefix_bloom_ratio(0.02)
+        options.set_memtable_whole_key_filtering(True)
         table = BlockBasedOptions()
         table.set_block_cache(budget._cache)
         # Most point reads of new ids miss: a bloom filter answers them without a disk read.
@@ -470,7 +474,12 @@ class _Cache(Generic[T]):
 class RocksLedgerState:
     """`LedgerState` over a `PartitionStore`, with writes buffered until `commit`.
 
-    Reads see the buffered writes first, then the LRU of committed records, then RocksDB.
+    Reads see the buffered writes first, then the sealed ones (below), then the cache of
+    committed records, then RocksDB. `commit` is `seal` then `write_sealed`; a processor calls
+    them apart so it can decide its next step while Kafka commits the sealed one: `seal`
+    encodes the buffer into a WriteBatch (so later writes cannot change what it will write)
+    and keeps it readable beneath a new, empty buffer; `write_sealed` writes it once its
+    transaction has committed. One sealed buffer at a time.
     Object ownership, as in `MemoryState`: objects returned by reads belong to the state and
     must not be mutated by callers; `set_balances` updates the account object in place (the
     cached one, if cached), so a caller holding an account read before a write sees it updated
@@ -504,11 +513,16 @@ class RocksLedgerState:
         self._committed_max_transfer_ts = _read_u64(store.get(_MAX_TRANSFER_TS_KEY))
         self._max_account_ts = self._committed_max_account_ts
         self._max_transfer_ts = self._committed_max_transfer_ts
+        self._sealed: _Sealed | None = None
+        # The sealed buffer's dicts, read beneath the open ones (empty when nothing is sealed).
+        self._sealed_accounts: dict[int, Account] = {}
+        self._sealed_transfers: dict[int, Transfer] = {}
+        self._sealed_pending: dict[bytes, bytes | None] = {}
 
     # Reads ------------------------------------------------------------------------------------
 
     def get_account(self, account_id: int) -> Account | None:
-        account = self._dirty_accounts.get(account_id)
+        account = self._dirty_accounts.get(account_id) or self._sealed_accounts.get(account_id)
         if account is not None:
             return account
         account = self._accounts.lookup(account_id)
@@ -522,7 +536,7 @@ class RocksLedgerState:
         return account
 
     def get_transfer(self, transfer_id: int) -> Transfer | None:
-        transfer = self._dirty_transfers.get(transfer_id)
+        transfer = self._dirty_transfers.get(transfer_id) or self._sealed_transfers.get(transfer_id)
         if transfer is not None:
             return transfer
         transfer = self._transfers.lookup(transfer_id)
@@ -569,7 +583,10 @@ class RocksLedgerState:
         if now < 0:
             return iter(())
         upper = _EXPIRY + (now + 1).to_bytes(8, "big") if now < U64_MAX else b"\x07"
-        buffered = {key: self._pending[key] for key in self._expiry_touched}
+        buffered = {}
+        if self._sealed is not None:
+            buffered = {key: self._sealed_pending[key] for key in self._sealed.expiry_touched}
+        buffered.update((key, self._pending[key]) for key in self._expiry_touched)
         added = sorted(key for key, value in buffered.items() if value is not None and key < upper)
         committed = self.store.scan(_EXPIRY)
         return _due(committed, upper, buffered, added)
@@ -642,9 +659,18 @@ class RocksLedgerState:
 
     def commit(self, meta: Mapping[str, bytes] | None = None) -> None:
         """Write every buffered write plus `meta` in one atomic WriteBatch, then clear the
-        buffer. If the write raises, nothing was written and the buffer is kept."""
+        buffer. If the write raises, nothing was written and the buffer stays sealed."""
+        self.seal()
+        self.write_sealed(meta)
+
+    def seal(self) -> None:
+        """Encode the buffer into the WriteBatch `write_sealed` will write, keep it readable
+        beneath a new empty buffer. Raises if one is sealed already."""
+        if self._sealed is not None:
+            raise RuntimeError("a sealed buffer is not written yet")
         batch = WriteBatch(raw_mode=True)
         put = batch.put
+        # Encoded now: the next buffer updates these account objects in place.
         for account_id, account in self._dirty_accounts.items():
             put(_ACCOUNT + account_id.to_bytes(16, "big"), encode_account(account))
         for transfer_id, transfer in self._dirty_transfers.items():
@@ -658,44 +684,80 @@ class RocksLedgerState:
             put(_MAX_ACCOUNT_TS_KEY, _u64(self._max_account_ts))
         if self._max_transfer_ts != self._committed_max_transfer_ts:
             put(_MAX_TRANSFER_TS_KEY, _u64(self._max_transfer_ts))
-        if meta:
-            for name, value in meta.items():
-                put(_META + name.encode(), value)
-        if not batch.is_empty():
-            self.store._write(batch)
-        # Committed: the buffered objects are now the committed records.
-        for account_id, account in self._dirty_accounts.items():
-            self._accounts.remember(account_id, account)
-        for transfer_id, transfer in self._dirty_transfers.items():
-            self._transfers.remember(transfer_id, transfer)
-        self._committed_max_account_ts = self._max_account_ts
-        self._committed_max_transfer_ts = self._max_transfer_ts
+        self._sealed = _Sealed(
+            batch, self._expiry_touched, self._max_account_ts, self._max_transfer_ts
+        )
+        self._sealed_accounts = self._dirty_accounts
+        self._sealed_transfers = self._dirty_transfers
+        self._sealed_pending = self._pending
         self._clear_buffer()
 
+    def write_sealed(self, meta: Mapping[str, bytes] | None = None) -> None:
+        """Write the sealed buffer plus `meta` in one atomic WriteBatch. If the write raises,
+        nothing was written and the buffer stays sealed."""
+        sealed = self._sealed
+        if sealed is None:
+            raise RuntimeError("nothing is sealed")
+        batch = sealed.batch
+        if meta:
+            for name, value in meta.items():
+                batch.put(_META + name.encode(), value)
+        if not batch.is_empty():
+            self.store._write(batch)
+        # Committed: the sealed objects are now the committed records.
+        for account_id, account in self._sealed_accounts.items():
+            self._accounts.remember(account_id, account)
+        for transfer_id, transfer in self._sealed_transfers.items():
+            self._transfers.remember(transfer_id, transfer)
+        self._committed_max_account_ts = sealed.max_account_ts
+        self._committed_max_transfer_ts = sealed.max_transfer_ts
+        self._sealed = None
+        self._sealed_accounts, self._sealed_transfers, self._sealed_pending = {}, {}, {}
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed is not None
+
     def discard(self) -> None:
-        """Drop every buffered write: the state is again what was last committed."""
+        """Drop every buffered write, sealed ones too: the state is again what was last
+        written."""
         self._max_account_ts = self._committed_max_account_ts
         self._max_transfer_ts = self._committed_max_transfer_ts
-        for account_id in self._dirty_accounts:
-            self._accounts.forget(account_id)  # it may hold an uncommitted balance
+        for accounts in (self._dirty_accounts, self._sealed_accounts):
+            for account_id in accounts:
+                self._accounts.forget(account_id)  # it may hold an uncommitted balance
         self._clear_buffer()
+        self._sealed = None
+        self._sealed_accounts, self._sealed_transfers, self._sealed_pending = {}, {}, {}
 
     @property
     def buffered_writes(self) -> int:
         """How many records and keys wait for `commit` (for metrics and batch sizing)."""
-        return len(self._dirty_accounts) + len(self._dirty_transfers) + len(self._pending)
+        open_writes = len(self._dirty_accounts) + len(self._dirty_transfers) + len(self._pending)
+        sealed_writes = (
+            len(self._sealed_accounts) + len(self._sealed_transfers) + len(self._sealed_pending)
+        )
+        return open_writes + sealed_writes
 
     # Iteration (replay, audit, tests): the state as reads see it, buffer included ------------
 
     def iter_accounts(self) -> Iterator[Account]:
         """Every account in id order."""
-        buffered = {_ACCOUNT + _u128(k): v for k, v in self._dirty_accounts.items()}
+        buffered = {
+            _ACCOUNT + _u128(k): v
+            for layer in (self._sealed_accounts, self._dirty_accounts)
+            for k, v in layer.items()
+        }
         for _key, account in self._merged(_ACCOUNT, buffered, decode_account):
             yield account
 
     def iter_transfers(self) -> Iterator[Transfer]:
         """Every transfer in id order."""
-        buffered = {_TRANSFER + _u128(k): v for k, v in self._dirty_transfers.items()}
+        buffered = {
+            _TRANSFER + _u128(k): v
+            for layer in (self._sealed_transfers, self._dirty_transfers)
+            for k, v in layer.items()
+        }
         for _key, transfer in self._merged(_TRANSFER, buffered, decode_transfer):
             yield transfer
 
@@ -719,8 +781,10 @@ class RocksLedgerState:
     def _read(self, key: bytes) -> bytes | None:
         value = self._pending.get(key, _MISSING)
         if value is _MISSING:
-            committed: bytes | None = self._get(key)
-            return committed
+            value = self._sealed_pending.get(key, _MISSING)
+            if value is _MISSING:
+                committed: bytes | None = self._get(key)
+                return committed
         return value  # type: ignore[return-value]  # bytes or None, never _MISSING here
 
     def _set_expiry_key(self, key: bytes, value: bytes | None) -> None:
@@ -734,7 +798,12 @@ class RocksLedgerState:
         self._expiry_touched = set()
 
     def _merged_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        buffered = {k: v for k, v in self._pending.items() if k.startswith(prefix)}
+        buffered = {
+            k: v
+            for layer in (self._sealed_pending, self._pending)
+            for k, v in layer.items()
+            if k.startswith(prefix)
+        }
         return self._merged(prefix, buffered, bytes)
 
     def _merged(
@@ -759,6 +828,16 @@ class RocksLedgerState:
         for new_key, new_value in overlay[position:]:
             if new_value is not None:
                 yield new_key, new_value
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """A sealed buffer: its writes, encoded, and what `write_sealed` makes committed."""
+
+    batch: WriteBatch
+    expiry_touched: set[bytes]
+    max_account_ts: int
+    max_transfer_ts: int
 
 
 def _due(

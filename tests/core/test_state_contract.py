@@ -134,6 +134,29 @@ class RocksBackend(Backend):
         self.store.close()
 
 
+class SealedRocksBackend(RocksBackend):
+    """RocksDB as a pipelined processor drives it: a commit seals the buffer and writes the
+    previous sealed one, so reads go through an open buffer, a sealed one, the cache and
+    RocksDB at once. What is sealed counts as committed (its transaction is in Kafka), so a
+    discard or a reopen writes it first."""
+
+    def commit(self) -> None:
+        self._write_sealed()
+        self.rocks.seal()
+
+    def _write_sealed(self) -> None:
+        if self.rocks.sealed:
+            self.rocks.write_sealed({})
+
+    def discard(self) -> None:
+        self._write_sealed()
+        self.rocks.discard()
+
+    def reopen(self) -> None:
+        self._write_sealed()
+        super().reopen()
+
+
 class ScopeOverRocksBackend(RocksBackend):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -161,6 +184,7 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": lambda _path: MemoryBackend(),
     "scope": lambda _path: ScopeBackend(),
     "rocks": RocksBackend,
+    "rocks-sealed": SealedRocksBackend,
     "scope-over-rocks": ScopeOverRocksBackend,
 }
 
@@ -515,6 +539,67 @@ def test_commit_is_atomic_with_meta_and_a_crash_loses_only_the_uncommitted(
     assert rocks.rocks.get_meta("clock") == b"11"
 
 
+def test_a_sealed_buffer_writes_what_it_held_when_sealed(rocks: RocksBackend) -> None:
+    """A processor decides its next step over a sealed buffer while Kafka commits it: later
+    writes (balances change account objects in place) must not reach the sealed batch."""
+    s = rocks.rocks
+    s.put_account(account(1, 10))
+    s.put_account(account(2, 11))
+    s.commit()
+    s.set_balances(Balances(1, 0, 5, 0, 0))
+    s.put_transfer(transfer(1, 20))
+    s.add_expiry(SECOND, 20, 1)
+    s.seal()
+    with pytest.raises(RuntimeError):
+        s.seal()
+    # The next step, over the sealed one.
+    assert s.get_account(1) == account(1, 10, debits_posted=5)
+    s.set_balances(Balances(1, 0, 7, 0, 0))
+    s.set_balances(Balances(2, 0, 0, 0, 7))
+    s.put_transfer(transfer(2, 21))
+    s.remove_expiry(1)
+    s.add_expiry(2 * SECOND, 21, 2)
+    assert s.get_transfer(1) == transfer(1, 20)
+    assert list(s.expiring(U64_MAX)) == [(2 * SECOND, 21, 2)]
+    assert s.max_transfer_timestamp() == 21
+    s.write_sealed({"offset": b"\x01"})
+    with pytest.raises(RuntimeError):
+        s.write_sealed()
+    assert s.get_account(1) == account(1, 10, debits_posted=7)  # the open buffer still wins
+    rocks.reopen()  # a crash now: the sealed step is on disk, the open one is not
+    s = rocks.rocks
+    assert s.get_meta("offset") == b"\x01"
+    assert list(s.iter_accounts()) == [account(1, 10, debits_posted=5), account(2, 11)]
+    assert list(s.iter_transfers()) == [transfer(1, 20)]
+    assert list(s.expiring(U64_MAX)) == [(SECOND, 20, 1)]
+    assert s.max_transfer_timestamp() == 20
+
+
+def test_discard_drops_the_sealed_buffer_too(rocks: RocksBackend) -> None:
+    """A failed transaction: the step sealed for it and the one decided over it both go, and
+    no uncommitted balance stays in the record cache."""
+    s = rocks.rocks
+    s.put_account(account(1, 10))
+    s.commit()
+    assert s.get_account(1) is not None  # cached
+    s.set_balances(Balances(1, 0, 5, 0, 0))
+    s.put_failed(7, 3)
+    s.seal()
+    s.set_balances(Balances(1, 0, 9, 0, 0))
+    s.put_account(account(2, 30))
+    s.discard()
+    assert not s.sealed
+    assert s.get_account(1) == account(1, 10)
+    assert s.get_account(2) is None
+    assert s.get_failed(7) == 0
+    assert s.max_account_timestamp() == 10
+    assert s.buffered_writes == 0
+    s.put_account(account(3, 40))
+    s.commit()  # and it goes on committing
+    rocks.reopen()
+    assert [a.id for a in rocks.rocks.iter_accounts()] == [1, 3]
+
+
 def test_iteration_is_in_numeric_id_order_and_includes_the_buffer(rocks: RocksBackend) -> None:
     s = rocks.rocks
     ids = [2**100, 3, 2**64, 1, 256, 2**64 - 1]
@@ -648,15 +733,25 @@ class RocksLedger(ReferenceLedger):
     """The reference ledger over RocksDB, committing after every operation as a processor
     commits after every batch; `reopen_every_op` also restarts from disk each time."""
 
-    def __init__(self, path: Path, reopen_every_op: bool = False) -> None:
+    def __init__(self, path: Path, reopen_every_op: bool = False, pipelined: bool = False) -> None:
         self.path = path
         self.reopen_every_op = reopen_every_op
+        self.pipelined = pipelined  # seal each operation, write it after the next one
+        self.sealed_now = 0
         self.store = PartitionStore(path, sync=False)
         self.rocks = RocksLedgerState(self.store)
         super().__init__(state=self.rocks)
 
     def checkpoint(self) -> None:
-        self.rocks.commit({"now": str(self.now).encode()})
+        if self.pipelined:
+            if self.rocks.sealed:
+                self.rocks.write_sealed({"now": str(self.sealed_now).encode()})
+            self.rocks.seal()
+            self.sealed_now = self.now
+            if self.reopen_every_op:
+                self.rocks.write_sealed({"now": str(self.now).encode()})
+        else:
+            self.rocks.commit({"now": str(self.now).encode()})
         if self.reopen_every_op:
             self.store.close()
             self.store = PartitionStore(self.path, sync=False)
@@ -725,11 +820,17 @@ def assert_same_as_memory(rocks: RocksLedgerState, memory: MemoryState) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(program=st.lists(OPS, min_size=3, max_size=14), reopen=st.booleans())
-def test_random_programs_on_rocksdb_match_memory(program: list[Op], reopen: bool) -> None:
+@given(
+    program=st.lists(OPS, min_size=3, max_size=14), reopen=st.booleans(), pipelined=st.booleans()
+)
+def test_random_programs_on_rocksdb_match_memory(
+    program: list[Op], reopen: bool, pipelined: bool
+) -> None:
     memory = ReferenceLedger()
     with tempfile.TemporaryDirectory() as directory:
-        rocks = RocksLedger(Path(directory) / "partition-0", reopen_every_op=reopen)
+        rocks = RocksLedger(
+            Path(directory) / "partition-0", reopen_every_op=reopen, pipelined=pipelined
+        )
         try:
             for op in [*SEED, *program]:
                 assert run_rocks_op(rocks, op) == run(memory, op), op
