@@ -7,7 +7,8 @@ results, messages to other partitions, sequence entries, one checkpoint per part
 Kafka transaction with the input offsets. The transaction ends on a thread of its own while the
 loop decides the next step over the sealed buffers (RocksLedgerState.seal); the next
 transaction begins only once that one has committed, and the sealed buffers are then written
-to RocksDB. After a crash a partition catches up from its changelog (events + processor-log).
+to RocksDB. After a crash a partition catches up from its changelog: the events topic, whose
+last message of each transaction carries the partition's checkpoint.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from schemas.codec import (
 )
 from schemas.codes import U128_MAX
 from schemas.messages import Apply, EventBatch, Facts, Operation, ResultBatch
-from schemas.topics import Topics, results_partition
+from schemas.topics import CHECKPOINT_HEADER, Topics, results_partition
 
 __all__ = [
     "ENV_ALLOW_CLOCK_CONTROL",
@@ -625,18 +626,23 @@ class ProcessorService:
         out = partition.out
         topics = self.topics
         produce = producer.produce
+        # The events offset is known only after delivery; recovery reads it from RocksDB's meta
+        # and folds whatever events follow it.
+        checkpoint = encode_checkpoint(partition.machine.checkpoint(partition.commands_next, -1))
         events = out.events
-        starts = list(range(0, len(events), EVENTS_PER_MESSAGE))
-        if not starts and out.applied_sequence >= 0:
-            starts = [0]  # no events, but the projections must learn the entry was folded
+        # At least one message, even without events: the last one carries the checkpoint (and
+        # the projections learn an applied entry was folded).
+        starts = list(range(0, len(events), EVENTS_PER_MESSAGE)) or [0]
         for start in starts:
             chunk = events[start : start + EVENTS_PER_MESSAGE]
+            last = start == starts[-1]
             # The last message names the sequence offset folded with it (read-your-writes).
-            marker = out.applied_sequence if start == starts[-1] else -1
+            marker = out.applied_sequence if last else -1
             produce(
                 topics.events,
                 value=encode_event_batch(EventBatch(partition.index, chunk, marker), encoded),
                 partition=partition.index,
+                headers=[(CHECKPOINT_HEADER, checkpoint)] if last else None,
                 on_delivery=on_events_delivered,
             )
         for value, key, headers in partition.dead_letters:
@@ -657,10 +663,6 @@ class ProcessorService:
             produce(topics.commands, value=value, partition=target, headers=[(KIND_HEADER, kind)])
         for entry in out.sequence:
             produce(topics.sequence, value=encode_sequenced_entry(entry), partition=0)
-        # The events offset is known only after delivery; recovery reads it from RocksDB's meta
-        # and folds whatever events follow it.
-        checkpoint = encode_checkpoint(partition.machine.checkpoint(partition.commands_next, -1))
-        produce(topics.processor_log, value=checkpoint, partition=partition.index)
         return checkpoint
 
     @staticmethod
@@ -756,7 +758,7 @@ class ProcessorService:
 
     def _recover_partition(self, index: int) -> _Partition:
         started = time.monotonic()
-        # No RocksDB WAL unless asked for: the events and processor-log topics are this
+        # No RocksDB WAL unless asked for: the events topic is this
         # store's changelog, and recovery folds what it lacks past the offset it records (a
         # WAL write per commit was a tenth of the processor's time).
         store = PartitionStore(
@@ -768,7 +770,8 @@ class ProcessorService:
         ownership = PartitionOwnership(index, self.config.partitions)
         raw_offset = state.get_meta(_META_EVENTS_OFFSET)
         events_offset = int(raw_offset.decode()) if raw_offset else -1
-        folded = 0
+        folded = messages = 0
+        carried: bytes | None = None  # the last checkpoint the folded messages carried
         for message in read_committed(
             self.config.bootstrap, self.topics.events, index, events_offset + 1
         ):
@@ -776,11 +779,21 @@ class ProcessorService:
                 apply_event(state, event, ownership)
                 folded += 1
             _, events_offset = _position(message)
-        latest = last_committed(self.config.bootstrap, self.topics.processor_log, index)
+            messages += 1
+            carried = message_headers(message).get(CHECKPOINT_HEADER, carried)
+        # The latest checkpoint: the last one the log carries past RocksDB's, else RocksDB's.
+        latest = carried
+        if latest is None and not messages:
+            latest = state.get_meta(_META_CHECKPOINT)
+        if latest is None:
+            # Events without checkpoints (or none and no state): written by a version that
+            # logged checkpoints to processor-log[p], whose last one is then the latest.
+            logged = last_committed(self.config.bootstrap, self.topics.processor_log, index)
+            latest = None if logged is None else logged.value()
         machine = PartitionMachine(index, self.config.partitions, state, self.config.ledger)
         commands_next = 0
-        if latest is not None:
-            checkpoint = decode_checkpoint(latest.value() or b"")
+        if latest:
+            checkpoint = decode_checkpoint(latest)
             machine.restore(checkpoint, self._held_messages(index, checkpoint_messages(checkpoint)))
             commands_next = checkpoint.commands_offset
         state.commit(

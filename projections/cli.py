@@ -44,7 +44,7 @@ from projections.routing import (
     ensure_registry_topic,
 )
 from projections.worker import EndOffsets, NotOwned, ProjectionWorker, WorkerConfig
-from schemas.topics import Topics
+from schemas.topics import CHECKPOINT_HEADER, Topics
 
 __all__ = [
     "ENV_API_KEYS",
@@ -146,14 +146,14 @@ class ClockControl:
             end = -1 if last_entry is None else (last_entry.offset() or 0)
             while True:
                 checkpoints = [
-                    self._last_message(consumer, self._topics.processor_log, partition)
+                    self._last_checkpoint(consumer, partition)
                     for partition in range(self._partitions)
                 ]
                 settled = True
-                for message in checkpoints:
-                    if message is None:
+                for data in checkpoints:
+                    if data is None:
                         continue
-                    checkpoint = decode_checkpoint(message.value() or b"")
+                    checkpoint = decode_checkpoint(data)
                     if (
                         checkpoint.sequence_next <= end
                         or any(e.offset <= end for e in checkpoint.entries)
@@ -165,6 +165,17 @@ class ClockControl:
                 self._wait(deadline, "the processors to fold what the clock change caused")
         finally:
             consumer.close()
+
+    def _last_checkpoint(self, consumer: Any, partition: int) -> bytes | None:
+        """The partition's latest checkpoint: on its last events message (or, written by an
+        earlier version, the last in processor-log)."""
+        message = self._last_message(consumer, self._topics.events, partition)
+        headers = dict(message.headers() or []) if message is not None else {}
+        carried: bytes | None = headers.get(CHECKPOINT_HEADER)
+        if carried is not None:
+            return carried
+        logged = self._last_message(consumer, self._topics.processor_log, partition)
+        return None if logged is None else bytes(logged.value() or b"")
 
     @staticmethod
     def _last_message(consumer: Any, topic: str, partition: int) -> Any:

@@ -185,10 +185,10 @@ class DecisionRef:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """Written to processor-log[p] in every transaction of partition p: with events[p], the
-    complete changelog of its processor state. Messages it still holds on to are named by their
-    offsets in the sequence and commands topics (kept forever), so it stays small however much
-    work is in flight."""
+    """Carried by the last events[p] message of every transaction of partition p (the
+    `checkpoint` header): with the events, the complete changelog of its processor state.
+    Messages it still holds on to are named by their offsets in the sequence and commands
+    topics (kept forever), so it stays small however much work is in flight."""
 
     partition: int
     commands_offset: int  # the next commands[p] offset to consume

@@ -11,6 +11,7 @@ from schemas.messages import CommandBatch, Operation
 from schemas.partitioning import partition_of
 
 __all__ = [
+    "CHECKPOINT_HEADER",
     "DEFAULT_PARTITIONS",
     "DEFAULT_TOPIC_PREFIX",
     "ENV_PARTITIONS",
@@ -25,6 +26,10 @@ ENV_TOPIC_PREFIX = "LEDGER_TOPIC_PREFIX"
 ENV_PARTITIONS = "LEDGER_PARTITIONS"
 DEFAULT_TOPIC_PREFIX = "ledger."
 DEFAULT_PARTITIONS = 8
+# On the last events[p] message of every transaction that touched p: partition p's encoded
+# Checkpoint as of that transaction (docs/PIPELINE.md). Earlier versions wrote it to
+# processor-log[p] instead.
+CHECKPOINT_HEADER = "checkpoint"
 
 
 @dataclass(frozen=True, slots=True)
