@@ -468,6 +468,32 @@ def test_expiring_answers_as_of_the_call_while_the_caller_writes(backend: Backen
     )
 
 
+def test_expiring_skips_no_entry_however_the_entries_change(backend: Backend) -> None:
+    """RocksDB state skips the scan while nothing can be due (a floor under every entry):
+    entries added earlier than what it saw, entries read but not removed, and entries a
+    discard brings back must all still come out."""
+    s = backend.state
+    assert list(s.expiring(100)) == []  # nothing at all
+    s.add_expiry(50, 1, 7)
+    assert list(s.expiring(49)) == []
+    assert list(s.expiring(50)) == [(50, 1, 7)]
+    assert list(s.expiring(60)) == [(50, 1, 7)]  # read, not removed: still due
+    backend.commit()
+    s = backend.state
+    s.add_expiry(200, 2, 8)
+    assert list(s.expiring(60)) == [(50, 1, 7)]
+    s.remove_expiry(7)
+    assert list(s.expiring(199)) == []
+    s.add_expiry(150, 3, 9)  # earlier than the entry the last scan saw
+    assert list(s.expiring(199)) == [(150, 3, 9)]
+    if backend.buffered:
+        backend.discard()  # 7 is back, 8 and 9 are gone
+        s = backend.state
+        assert list(s.expiring(60)) == [(50, 1, 7)]
+        assert list(s.expiring(49)) == []
+        assert list(s.expiring(U64_MAX)) == [(50, 1, 7)]
+
+
 def test_discard_drops_every_buffered_write(backend: Backend) -> None:
     if not backend.buffered:
         pytest.skip("MemoryState writes through")
