@@ -47,8 +47,7 @@ def test_recovery_takes_the_latest_checkpoint_from_wherever_it_is(
             partition.store.close()
             return partition.commands_next
         finally:
-            service.consumer.close()
-            service.sequence_consumer.close()
+            service.close()
 
     no_events = encode_event_batch(EventBatch(0, [], -1))
     # An older version's log: events without checkpoints, the checkpoint in processor-log.
