@@ -77,6 +77,7 @@ __all__ = [
     "KIND_CLOCK_TO",
     "KIND_FACTS",
     "KIND_HEADER",
+    "KIND_REQUEST",
     "ProcessorService",
     "ServiceConfig",
     "message_headers",
@@ -84,7 +85,8 @@ __all__ = [
 
 log = logging.getLogger("ledger.processor")
 
-KIND_HEADER = "kind"  # on commands messages: absent or "request" from submitters
+KIND_HEADER = "kind"  # on commands messages: absent or KIND_REQUEST from submitters
+KIND_REQUEST = b"request"
 KIND_FACTS = b"facts"
 KIND_APPLY = b"apply"
 KIND_CLOCK = b"clock"  # tests: advance this partition's clock (8-byte signed ns)
@@ -454,7 +456,7 @@ class ProcessorService:
         partition.touched = True
         machine, out = partition.machine, partition.out
         value = message.value() or b""
-        kind = message_headers(message).get(KIND_HEADER, b"request")
+        kind = message_headers(message).get(KIND_HEADER, KIND_REQUEST)
         try:
             if kind == KIND_FACTS:
                 machine.on_facts(decode_facts(value), out, offset)
@@ -833,7 +835,7 @@ class ProcessorService:
         value = message.value() or b""
         if kind == SEQUENCE:
             return decode_sequenced_entry(value)
-        header = message_headers(message).get(KIND_HEADER, b"request")
+        header = message_headers(message).get(KIND_HEADER, KIND_REQUEST)
         if header == KIND_FACTS:
             return decode_facts(value)
         if header == KIND_APPLY:

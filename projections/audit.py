@@ -56,7 +56,7 @@ from typing import Final
 from confluent_kafka import Message
 
 from processors.ledger import event_owners
-from processors.service import KIND_HEADER, message_headers
+from processors.service import KIND_HEADER, KIND_REQUEST, message_headers
 from processors.setup import read_committed
 from schemas import (
     Account,
@@ -85,8 +85,6 @@ __all__ = [
     "order_events",
     "read_event_logs",
 ]
-
-_REQUEST_KIND: Final = b"request"  # KIND_HEADER's value (or none) on submitters' requests
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -614,7 +612,7 @@ def _read_commands(bootstrap: str, topics: Topics, partitions: int) -> list[Comm
     for partition in range(partitions):
         for message in read_committed(bootstrap, topics.commands, partition, 0):
             headers = message_headers(message)
-            if headers.get(KIND_HEADER, _REQUEST_KIND) != _REQUEST_KIND:
+            if headers.get(KIND_HEADER, KIND_REQUEST) != KIND_REQUEST:
                 continue  # facts, applies, clock control: the processors' own messages
             header_key = None
             with contextlib.suppress(KeyError, ValueError, UnicodeDecodeError):

@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
 
+from processors.service import ENV_ALLOW_CLOCK_CONTROL, KIND_CLOCK, KIND_CLOCK_TO, KIND_HEADER
 from processors.settings import LedgerEnvironment, ledger_config_from_env
 from processors.setup import ensure_topics
 from producers import AsyncLedgerClient
@@ -56,10 +57,6 @@ __all__ = [
 ]
 
 ENV_API_KEYS = "LEDGER_API_KEYS"
-ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
-KIND_HEADER = "kind"
-KIND_CLOCK = b"clock"
-KIND_CLOCK_TO = b"clock-to"
 CLOCK_SETTLE_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 600.0  # catching up replays the partitions: generous
 

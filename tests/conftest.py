@@ -196,11 +196,6 @@ def create_topic(kafka_admin: AdminClient, topic_prefix: str) -> Iterator[Callab
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """Returns a function giving a currently free loopback TCP port."""
-    import socket
-
-    def pick() -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    from tests.pipeline.harness import free_port as pick
 
     return pick

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Self
@@ -21,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from processors.ledger import MemoryState, PartitionOwnership, ReferenceLedger, apply_event
 from processors.setup import ensure_topics, read_committed
+from processors.supervisor import Supervisor
 from producers import LedgerClient
 from schemas import CreateTransferStatus, Transfer
 from schemas.codec import decode_event_batch, decode_result_batch
@@ -146,6 +149,33 @@ class ProjectionProcess(_ServiceProcess):
         found = re.search(r"http://\S+", self.ready_line)
         assert found is not None, self.ready_line
         return found.group(0)
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the moment."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def http_stack(
+    bootstrap: str, prefix: str, partitions: int, directory: Path, port: int, instance: str
+) -> Iterator[Supervisor]:
+    """A processor and a projection worker (clock control on) on fresh topics, serving the
+    HTTP API on `port`; stopped on exit."""
+    ensure_topics(bootstrap, Topics(prefix), partitions)
+    env = pipeline_env(bootstrap, prefix, partitions, directory / "data")
+    env["LEDGER_ALLOW_CLOCK_CONTROL"] = "1"
+    env["LEDGER_HTTP_PORT"] = str(port)
+    supervisor = Supervisor(env, directory / "logs")
+    try:
+        processor = ["processors.cli", "processor", "--instance", instance]
+        supervisor.start("processor", processor, "running:")
+        supervisor.start("projections", ["projections", "--worker", instance], "ready")
+        yield supervisor
+    finally:
+        supervisor.stop()
 
 
 def pipeline_env(bootstrap: str, prefix: str, partitions: int, data_dir: Path) -> dict[str, str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from processors.setup import MESSAGE_BYTES_MAX, ensure_topics
+from processors.setup import MESSAGE_BYTES_MAX
 from producers import LedgerClient
 from schemas import Account, Transfer
 from schemas.codec import decode_result_batch, encode_command_batch
 from schemas.messages import CommandBatch, Operation
 from schemas.topics import Topics, results_partition
-from tests.pipeline.harness import ProcessorProcess, Tail, headers_of, pipeline_env
+from tests.pipeline.harness import Pipeline, Tail, headers_of
 from tests.pipeline.malformed import avro_string, encode_fields
 
 pytestmark = pytest.mark.kafka
@@ -26,14 +26,12 @@ PARTITIONS = 2
 
 @pytest.fixture
 def running(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Topics]:
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, PARTITIONS)
-    env = pipeline_env(kafka_bootstrap, topic_prefix, PARTITIONS, tmp_path / "data")
-    processor = ProcessorProcess("a", env, tmp_path / "processor.log").start()
+    pipeline = Pipeline.open(kafka_bootstrap, topic_prefix, tmp_path, PARTITIONS)
+    pipeline.processor("a")
     try:
-        yield topics
+        yield pipeline.topics
     finally:
-        processor.stop()
+        pipeline.stop()
 
 
 def _read_all(bootstrap: str, topic: str, partition: int, want: int, timeout_s: float) -> list:  # type: ignore[type-arg]

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from processors.ledger import MemoryState, ReferenceLedger
-from processors.setup import MESSAGE_BYTES_MAX, ensure_topics
+from processors.setup import MESSAGE_BYTES_MAX
 from producers import LedgerClient
 from schemas import Account, Transfer
 from schemas.codec import decode_result_batch, encode_command_batch
@@ -36,10 +36,10 @@ from schemas.messages import AccountCommandKind, CommandBatch, Operation, Result
 from schemas.topics import Topics, results_partition
 from tests.pipeline import workload
 from tests.pipeline.harness import (
+    Pipeline,
     ProcessorProcess,
     Tail,
     headers_of,
-    pipeline_env,
     replay_events,
 )
 from tests.pipeline.malformed import (
@@ -255,17 +255,15 @@ class Fuzz:
 
 @pytest.fixture
 def fuzz(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Fuzz]:
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, PARTITIONS)
-    env = pipeline_env(kafka_bootstrap, topic_prefix, PARTITIONS, tmp_path / "data")
-    processor = ProcessorProcess("fuzz", env, tmp_path / "processor.log").start()
-    client = LedgerClient(kafka_bootstrap, topics.prefix, timeout_s=WAIT_S)
-    state = Fuzz(kafka_bootstrap, topics, processor, client)
+    pipeline = Pipeline.open(kafka_bootstrap, topic_prefix, tmp_path, PARTITIONS)
+    processor = pipeline.processor("fuzz")
+    client = LedgerClient(kafka_bootstrap, topic_prefix, timeout_s=WAIT_S)
+    state = Fuzz(kafka_bootstrap, pipeline.topics, processor, client)
     try:
         yield state
     finally:
         state.close()
-        processor.stop()
+        pipeline.stop()
 
 
 def _without_timestamps(state: MemoryState) -> tuple[dict[int, Account], dict[int, Transfer]]:

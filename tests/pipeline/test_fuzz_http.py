@@ -19,7 +19,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,11 @@ from confluent_kafka import Consumer, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.setup import ensure_topics
 from processors.supervisor import Supervisor
 from projections.api import BODY_MAX_BYTES
 from schemas import BATCH_EVENTS_MAX
 from schemas.topics import Topics
-from tests.pipeline.harness import pipeline_env
+from tests.pipeline.harness import free_port, http_stack
 
 pytestmark = pytest.mark.kafka
 
@@ -393,29 +391,12 @@ class Api:
     supervisor: Supervisor
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def api(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Api]:
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, PARTITIONS)
-    port = _free_port()
-    env = pipeline_env(kafka_bootstrap, topic_prefix, PARTITIONS, tmp_path / "data")
-    env["LEDGER_ALLOW_CLOCK_CONTROL"] = "1"  # POST /admin/clock exists: fuzz it too
-    env["LEDGER_HTTP_PORT"] = str(port)
-    supervisor = Supervisor(env, tmp_path / "logs")
-    try:
-        supervisor.start(
-            "processor", ["processors.cli", "processor", "--instance", "h"], "running:"
-        )
-        supervisor.start("projections", ["projections", "--worker", "h"], "ready")
-        yield Api(Http(port), kafka_bootstrap, topics, supervisor)
-    finally:
-        supervisor.stop()
+    port = free_port()
+    # Clock control is on, so POST /admin/clock exists: it is fuzzed too.
+    with http_stack(kafka_bootstrap, topic_prefix, PARTITIONS, tmp_path, port, "h") as stack:
+        yield Api(Http(port), kafka_bootstrap, Topics(topic_prefix), stack)
 
 
 def _commands_end(api: Api) -> list[int]:

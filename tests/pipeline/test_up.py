@@ -5,9 +5,7 @@ never appear in any log; SIGTERM stops everything cleanly; a restart keeps the d
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +18,13 @@ import pytest
 
 from processors.setup import ensure_topics
 from schemas.topics import Topics
+from tests.pipeline.harness import free_port, pipeline_env
 
 pytestmark = pytest.mark.kafka
 
 KEYS = ("k3y-Alpha-6c1f0e7d", "k3y-Bravo-9a52b8e4")
 WRONG_KEY = "k3y-Wrong-3b7e21aa"
 READY_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def call(
@@ -76,15 +69,8 @@ class LedgerUp:
 def test_ledger_up_with_api_keys(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "data"
-    env = dict(os.environ)
-    env.update(
-        LEDGER_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        LEDGER_TOPIC_PREFIX=topic_prefix,
-        LEDGER_DATA_DIR=str(data_dir),
-        LEDGER_HTTP_PORT=str(port),
-        LEDGER_PARTITIONS="4",
-        LEDGER_API_KEYS=",".join(KEYS),
-    )
+    env = pipeline_env(kafka_bootstrap, topic_prefix, 4, data_dir)
+    env.update(LEDGER_HTTP_PORT=str(port), LEDGER_API_KEYS=",".join(KEYS))
     ensure_topics(kafka_bootstrap, Topics(topic_prefix), 4)
     base = f"http://127.0.0.1:{port}"
     account = {"id": 1, "ledger": 1, "code": 1}
