@@ -85,6 +85,34 @@ class _Meter:
         self._thread.join()
 
 
+class _CpuSplit:
+    """CPU seconds used from now on by the processors, the broker (when it runs here) and this
+    process (the client)."""
+
+    def __init__(self, processors: _Meter, broker: _Meter | None) -> None:
+        self.processors, self.broker = processors, broker
+        self.started = self._now()
+
+    def _now(self) -> dict[str, float]:
+        own = psutil.Process().cpu_times()
+        return {
+            "processor": self.processors.cpu_s(),
+            "broker": self.broker.cpu_s() if self.broker is not None else 0.0,
+            "client": own.user + own.system,
+        }
+
+    def per_unit(self, unit: str, count: int) -> dict[str, float]:
+        """`<who>_cpu_us_per_<unit>` for each of them (the broker's only when it runs here)."""
+        now = self._now()
+        return {
+            f"{who}_cpu_us_per_{unit}": round(
+                (now[who] - self.started[who]) * 1e6 / max(1, count), 1
+            )
+            for who in now
+            if who != "broker" or self.broker is not None
+        }
+
+
 def _create_accounts(client: LedgerClient, count: int) -> None:
     handles = []
     for start in range(1, count + 1, BATCH_EVENTS_MAX):
@@ -205,30 +233,15 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             _create_accounts(client, params.accounts)
             setup_s = time.monotonic() - started
             print(f"created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
-            # CPU per transfer: what the processors and the client cost, whatever else runs
-            # on the machine (the throughput figure depends on that too).
-            processors_cpu_s, own = meter.cpu_s(), psutil.Process().cpu_times()
-            broker_cpu_s = broker.cpu_s() if broker is not None else 0.0
+            # CPU per transfer and per request: what the processors, the broker and the client
+            # cost, whatever else runs on the machine (the figures depend on that too).
+            cpu = _CpuSplit(meter, broker)
             throughput = _throughput(client, params, rng)
-            done = max(1, int(throughput["throughput_transfers"]))
-            now = psutil.Process().cpu_times()
-            if broker is not None:
-                throughput["broker_cpu_us_per_transfer"] = round(
-                    (broker.cpu_s() - broker_cpu_s) * 1e6 / done, 1
-                )
-            throughput["processor_cpu_us_per_transfer"] = round(
-                (meter.cpu_s() - processors_cpu_s) * 1e6 / done, 1
-            )
-            throughput["client_cpu_us_per_transfer"] = round(
-                (now.user + now.system - own.user - own.system) * 1e6 / done, 1
-            )
+            throughput.update(cpu.per_unit("transfer", int(throughput["throughput_transfers"])))
             print(f"throughput: {throughput}", file=sys.stderr)
-            processors_cpu_s = meter.cpu_s()
+            cpu = _CpuSplit(meter, broker)
             latency = _latency(client, params, rng)
-            latency["processor_cpu_us_per_request"] = round(
-                (meter.cpu_s() - processors_cpu_s) * 1e6 / max(1, int(latency["latency_requests"])),
-                1,
-            )
+            latency.update(cpu.per_unit("request", int(latency["latency_requests"])))
             print(f"latency: {latency}", file=sys.stderr)
         meter.stop()
         if broker is not None:

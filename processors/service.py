@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -286,6 +287,9 @@ class ProcessorService:
         self.topics = config.topics
         self.partitions: dict[int, _Partition] = {}
         self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
+        # Command bytes decided since the last transaction was produced (-1: nothing decided).
+        self._decided_bytes = -1
+        self._membership: Any = None  # consumer_group_metadata(), read once per generation
         self._last_tick = 0.0
         self.stats = _Stats()
         common = {"bootstrap.servers": config.bootstrap}
@@ -300,6 +304,7 @@ class ProcessorService:
                 "heartbeat.interval.ms": max(500, config.session_timeout_ms // 5),
                 "max.poll.interval.ms": 300_000,
                 "fetch.wait.max.ms": 5,
+                "fetch.min.bytes": 1 << 20,
                 "partition.assignment.strategy": "range",
                 # librdkafka prefetches up to 64 MiB by default: bounded memory matters more.
                 "queued.max.messages.kbytes": 16 * 1024,
@@ -313,7 +318,7 @@ class ProcessorService:
                 "group.id": f"{self.topics.prefix}sequence-reader-{config.instance}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": 100,
             }
         )
         self._sequence_position: int | None = None
@@ -399,27 +404,46 @@ class ProcessorService:
             producer.flush(10)
 
     def step(self) -> None:
-        """One loop: read, decide, commit."""
-        messages = self.consumer.consume(self.config.batch_messages_max, self.config.poll_timeout_s)
+        """One loop: read and decide; produce what was decided once the previous transaction
+        has committed. Until it has, each loop decides what arrived meanwhile into the same
+        next transaction (group commit): a command waits for the commit under way, not for a
+        whole loop after it."""
+        holding = self._ending is not None and self._decided_bytes >= 0
+        if holding:
+            assert self._ending is not None
+            # Wake as soon as the transaction ends; take whatever arrived meanwhile.
+            wait_futures([self._ending.ended], timeout=self.config.poll_timeout_s)
+            messages = self.consumer.consume(self.config.batch_messages_max, 0)
+        else:
+            # The first message as soon as it comes, then whatever else is already fetched
+            # (consume() alone would wait out its timeout for a batch that is not coming).
+            first = self.consumer.poll(self.config.poll_timeout_s)
+            messages = [] if first is None else [first]
+            if first is not None:
+                messages += self.consumer.consume(self.config.batch_messages_max - 1, 0)
         if not self._settle(wait=False):
             return  # the previous transaction failed: the partitions were rebuilt
         sequenced = self._read_sequence()
         now = time.time_ns()
         tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
         if not messages and not sequenced and not tick:
-            # Nothing to decide meanwhile: wait for the transaction ending instead of polling
-            # on. (Polling through a broker outage while a transaction hung left the consumer
-            # reading nothing after it: tests/faults, test_broker_restart_mid_run.)
-            self._settle(wait=True)
+            if self._decided_bytes >= 0:
+                self._commit()  # when the previous transaction has ended; else next loop
+            else:
+                # Nothing to decide meanwhile: wait for the transaction ending instead of
+                # polling on. (Polling through a broker outage while a transaction hung left
+                # the consumer reading nothing after it: tests/faults,
+                # test_broker_restart_mid_run.)
+                self._settle(wait=True)
             return
         polled = time.monotonic()
-        taken = 0
+        self._decided_bytes = max(0, self._decided_bytes)
         for index, message in enumerate(messages):
-            if taken >= self.config.step_bytes_max:
+            if self._decided_bytes >= self.config.step_bytes_max:
                 self._put_back(messages[index:])
                 break
             self._on_command(message, now)
-            taken += len(message.value() or b"")
+            self._decided_bytes += len(message.value() or b"")
         for offset, entry in sequenced:
             for partition in self.partitions.values():
                 partition.machine.on_sequenced(offset, entry, partition.out)
@@ -539,9 +563,18 @@ class ProcessorService:
     # The transaction
 
     def _commit(self) -> None:
-        """Produce this step's transaction once the previous one has committed, and leave its
-        end to the finisher: the next step is decided meanwhile."""
+        """Produce what was decided once the previous transaction has committed, and leave
+        its end to the finisher: the next one is decided meanwhile. While the previous one is
+        still ending, what was decided waits (and grows) unless it reached the step budget."""
+        ending = self._ending
+        if (
+            ending is not None
+            and not ending.ended.done()
+            and self._decided_bytes < self.config.step_bytes_max
+        ):
+            return
         touched = [p for p in self.partitions.values() if p.touched]
+        self._decided_bytes = -1
         if not touched:
             return
         if not self._settle(wait=True):
@@ -562,16 +595,16 @@ class ProcessorService:
                 TopicPartition(self.topics.commands, p.index, p.commands_next)
                 for p in self.partitions.values()
             ]
-            metadata = self.consumer.consumer_group_metadata()
+            metadata = self._group_metadata()
         except KafkaException as exc:
             self._transaction_failed(producer, exc)
             return
+        ended = self._finisher.submit(lambda: self._end_transaction(producer, offsets, metadata))
         for partition in touched:
             partition.state.seal()
             partition.out.clear()  # the peers' machines hold on to this outbox
             partition.dead_letters = []
             partition.touched = False
-        ended = self._finisher.submit(lambda: self._end_transaction(producer, offsets, metadata))
         self._ending = _Ending(
             producer,
             ended,
@@ -667,6 +700,14 @@ class ProcessorService:
             produce(topics.sequence, value=encode_sequenced_entry(entry), partition=0)
         return checkpoint
 
+    def _group_metadata(self) -> Any:
+        """The consumer's group membership, which the offsets are committed under (a zombie's
+        is refused). It changes only in a rebalance, so it is read once after each one: read
+        on every transaction it cost ~0.15 ms of the loop under load."""
+        if self._membership is None:
+            self._membership = self.consumer.consumer_group_metadata()
+        return self._membership
+
     @staticmethod
     def _end_transaction(producer: Producer, offsets: list[TopicPartition], metadata: Any) -> None:
         producer.send_offsets_to_transaction(offsets, metadata, 30)
@@ -707,6 +748,7 @@ class ProcessorService:
         # recovers them.
         indexes = list(self.partitions)
         self._close_partitions(indexes)
+        self._decided_bytes = -1
         if not rebuild:
             return
         self._recover(indexes)
@@ -722,6 +764,7 @@ class ProcessorService:
         # Callbacks run inside consume(), between loops: no transaction is being produced,
         # but the previous one may still be ending; ownership changes only once it has.
         self._settle(wait=True, rebuild=False)
+        self._membership = None  # a new generation
         indexes = [tp.partition for tp in assigned]
         self._recover(indexes)
         # Resume each partition's commands where its state stands.
@@ -734,6 +777,7 @@ class ProcessorService:
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         self._settle(wait=True, rebuild=False)
+        self._membership = None
         self._close_partitions([tp.partition for tp in revoked])
 
     def _close_partitions(self, indexes: list[int]) -> None:
