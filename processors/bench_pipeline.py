@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from pathlib import Path
 import psutil
 
 from processors.kafka_broker import ensure_broker, listener_pid
-from processors.setup import ensure_topics
+from processors.setup import delete_topics_with_prefix, ensure_topics
 from processors.supervisor import Supervisor
 from producers import LedgerClient, RequestHandle
 from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
@@ -53,6 +54,9 @@ class PipelineBenchParams:
     rate_per_s: int = 2_000
     latency_duration_s: float = 15.0
     seed: int = 1
+    # The topics (and the processors' data) go at the end unless kept for a look: a broker
+    # that keeps every run's topics grows slower, and so would the next run's figures.
+    keep_topics: bool = False
 
 
 class _Meter:
@@ -258,6 +262,10 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
         }
     finally:
         supervisor.stop()
+        if not params.keep_topics:
+            for failure in delete_topics_with_prefix(bootstrap, topics.prefix):
+                print(f"(could not delete a bench topic: {failure})", file=sys.stderr)
+            shutil.rmtree(work_dir / "data", ignore_errors=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,12 +279,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=int, default=defaults.rate_per_s)
     parser.add_argument("--latency-duration", type=float, default=defaults.latency_duration_s)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--keep-topics", action="store_true", help="keep the run's topics and processor data"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     params = PipelineBenchParams(
         args.accounts, args.partitions, args.processors, args.batch_size, args.in_flight,
-        args.duration, args.rate, args.latency_duration, args.seed,
+        args.duration, args.rate, args.latency_duration, args.seed, args.keep_topics,
     )  # fmt: skip
     if not 1 <= params.batch_size <= BATCH_EVENTS_MAX:
         raise ValueError(f"--batch-size must be within 1..{BATCH_EVENTS_MAX}")

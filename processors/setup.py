@@ -102,6 +102,28 @@ def ensure_topics(
     return counts
 
 
+def delete_topics_with_prefix(
+    bootstrap: str, prefix: str | tuple[str, ...], timeout_s: float = 30.0
+) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (or one of them): a benchmark's or
+    a test session's own, say (a broker that keeps every run's topics grows slower). Best
+    effort; returns what could not be deleted, with the reason."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        metadata: Any = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        return [f"listing topics: {exc.args[0]}"]
+    names = [name for name in metadata.topics if name.startswith(prefix)]
+    failures = []
+    if names:
+        for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+            except Exception as exc:
+                failures.append(f"{name}: {exc}")
+    return failures
+
+
 # Transaction markers take offsets, so the last committed record is among the last few offsets
 # of a partition, not at its high watermark.
 _TAIL_OFFSETS = 64

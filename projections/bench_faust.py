@@ -49,6 +49,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
 
 from processors.kafka_broker import ENV_BOOTSTRAP, KAFKA_VERSION, ensure_broker
+from processors.setup import delete_topics_with_prefix
 from processors.store import PartitionStore
 from schemas.partitioning import partition_of
 
@@ -164,15 +165,6 @@ def create_topic(admin: AdminClient, name: str, partitions: int) -> None:
         if time.monotonic() >= deadline:
             raise BenchError(f"topic {name} has no leaders after 30 s")
         time.sleep(0.1)
-
-
-def delete_topics_with_prefix(admin: AdminClient, prefixes: tuple[str, ...]) -> None:
-    with contextlib.suppress(Exception):
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=15)
 
 
 def produce_events(bootstrap: str, topic: str, params: Params) -> float:
@@ -418,7 +410,7 @@ def run_bench(params: Params) -> dict[str, Any]:
         faust = run_faust(bootstrap, topic, app_id, work, params)
         print(f"faust: {faust}", file=sys.stderr)
     finally:
-        delete_topics_with_prefix(admin, (f"bench-faust-{run_id}.",))
+        delete_topics_with_prefix(bootstrap, f"bench-faust-{run_id}.")
         shutil.rmtree(work, ignore_errors=True)
     return {
         "benchmark": "faust_vs_plain_fold",

@@ -484,15 +484,10 @@ async def _bench_worker(
 
 
 def _delete_topics(bootstrap: str, topics: Topics) -> None:
-    from confluent_kafka.admin import AdminClient
+    from processors.setup import delete_topics_with_prefix
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topics.prefix)]
-    for future in admin.delete_topics(names, operation_timeout=30).values():
-        try:
-            future.result(30)
-        except Exception as exc:
-            print(f"(could not delete a bench topic: {exc})", file=sys.stderr)
+    for failure in delete_topics_with_prefix(bootstrap, topics.prefix):
+        print(f"(could not delete a bench topic: {failure})", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,9 @@ def wait_for_metadata(bootstrap: str, timeout_s: float) -> None:
     no_broker(f"the broker at {bootstrap} did not answer within {timeout_s:.0f} s ({last})")
 
 
+_SESSION_PREFIXES: list[str] = []  # every test's topic prefix, for the session's cleanup
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -82,6 +85,12 @@ def kafka_bootstrap(
     if external:
         wait_for_metadata(external, timeout_s=30)
         yield external
+        # A broker that outlives the session (a developer's) would keep every test's topics,
+        # and grow slower with them: the session takes its own away.
+        from processors.setup import delete_topics_with_prefix
+
+        if _SESSION_PREFIXES:
+            delete_topics_with_prefix(external, tuple(_SESSION_PREFIXES))
         return
 
     if docker_engine_answers():
@@ -140,7 +149,9 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
 def topic_prefix(request: pytest.FixtureRequest) -> str:
     """A namespace no other test (or earlier run) uses: ``t-<test name>-<uuid8>-``."""
     name = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name).strip("-")[:80]
-    return f"t-{name}-{uuid.uuid4().hex[:8]}-"
+    prefix = f"t-{name}-{uuid.uuid4().hex[:8]}-"
+    _SESSION_PREFIXES.append(prefix)
+    return prefix
 
 
 @dataclass
