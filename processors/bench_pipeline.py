@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from processors.kafka_broker import ensure_broker, listener_pid
+from processors.kafka_broker import bootstrap_pid, ensure_broker
 from processors.setup import delete_topics_with_prefix, ensure_topics
 from processors.supervisor import Supervisor
 from producers import LedgerClient, RequestHandle
@@ -229,8 +229,7 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             pids.append(child.pid)
         meter = _Meter(pids)
         # The broker's CPU too, when it runs here (the local one does): where the time goes.
-        port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
-        broker_pid = listener_pid(int(port)) if port.isdigit() else None
+        broker_pid = bootstrap_pid(bootstrap)
         broker = _Meter([broker_pid]) if broker_pid is not None else None
         with LedgerClient(bootstrap, topics.prefix, timeout_s=300) as client:
             started = time.monotonic()

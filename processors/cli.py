@@ -524,26 +524,20 @@ def register_processor(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 # ledger bench core
 
 
-def _bench_core(args: argparse.Namespace) -> int:
-    from processors import bench_core
+def _bench(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A benchmark's handler: its bad parameters (ValueError) are the CLI's usage errors."""
 
-    try:
-        return bench_core.run(args)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
 
-
-def _bench_pipeline(args: argparse.Namespace) -> int:
-    from processors import bench_pipeline
-
-    try:
-        return bench_pipeline.run(args)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    return handler
 
 
 def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from processors import bench_core, bench_pipeline
+    from processors import bench_broker, bench_core, bench_pipeline
 
     bench = subparsers.add_parser(
         "bench",
@@ -552,7 +546,7 @@ def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_pipeline.add_arguments(bench)
-    bench.set_defaults(handler=_bench_pipeline)
+    bench.set_defaults(handler=_bench(bench_pipeline.run))
     kinds = bench.add_subparsers(dest="bench_command", metavar="KIND")
     core = kinds.add_parser(
         "core",
@@ -560,7 +554,15 @@ def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         description=bench_core.__doc__,
     )
     bench_core.add_arguments(core)
-    core.set_defaults(handler=_bench_core)
+    core.set_defaults(handler=_bench(bench_core.run))
+    broker = kinds.add_parser(
+        "broker",
+        help="what the broker costs per produce request, fetch and transaction",
+        description=bench_broker.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_broker.add_arguments(broker)
+    broker.set_defaults(handler=_bench(bench_broker.run))
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "BrokerInfo",
     "BrokerStatus",
     "LocalBroker",
+    "bootstrap_pid",
     "default_data_dir",
     "default_home",
     "ensure_broker",
@@ -265,6 +266,13 @@ def listener_pid(port: int) -> int | None:
     except (psutil.Error, OSError):
         return None
     return None
+
+
+def bootstrap_pid(bootstrap: str) -> int | None:
+    """The pid of the broker at the first bootstrap address when it runs on this machine
+    (what the benchmarks meter), else None."""
+    port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
+    return listener_pid(int(port)) if port.isdigit() else None
 
 
 def _describe_pid(pid: int) -> str:
