@@ -1,21 +1,27 @@
 """`ledger bench`: random transfers among N accounts through the real pipeline (SPEC §8).
 
 Starts its own processors on fresh topics (prefix `bench-<id>.`) on the configured broker (the
-local one when none is), creates the accounts, then measures:
+local one when none is), creates the accounts, puts `--warmup` seconds of load through it
+unmeasured (a broker just started runs its first minute at about half its rate), then
+measures:
 
 - throughput: requests of `--batch-size` transfers, `--in-flight` requests outstanding, for
   `--duration` seconds: completed transfers per second, exactly once;
 - latency: single-transfer requests offered at `--rate` per second (open loop) for
   `--latency-duration` seconds: submit-to-result p50 and p99;
-- processor memory: the largest RSS of the processor processes.
+- processor memory: the largest RSS of the processor processes;
+- CPU: what the processors, the (local) broker and the client spent per transfer and per
+  request in each phase.
 
-The last line printed is one JSON object with the figures and the parameters.
+The topics go at the end unless `--keep-topics`. The last line printed is one JSON object with
+the figures and the parameters.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -27,7 +33,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -54,6 +61,8 @@ class PipelineBenchParams:
     rate_per_s: int = 2_000
     latency_duration_s: float = 15.0
     seed: int = 1
+    # Load before the measured phases (2/3 at the throughput load, 1/3 at the latency rate).
+    warmup_s: float = 45.0
     # The topics (and the processors' data) go at the end unless kept for a look: a broker
     # that keeps every run's topics grows slower, and so would the next run's figures.
     keep_topics: bool = False
@@ -130,9 +139,8 @@ def _create_accounts(client: LedgerClient, count: int) -> None:
 
 
 def _throughput(
-    client: LedgerClient, params: PipelineBenchParams, rng: random.Random
+    client: LedgerClient, params: PipelineBenchParams, rng: random.Random, ids: Iterator[int]
 ) -> dict[str, float]:
-    next_id = 1 << 64
     outstanding: deque[RequestHandle] = deque()
     completed = created = 0
     latencies: list[float] = []
@@ -145,8 +153,7 @@ def _throughput(
                 debit = rng.randrange(1, params.accounts + 1)
                 credit = rng.randrange(1, params.accounts)
                 credit += credit >= debit
-                next_id += 1
-                batch.append(Transfer(next_id, debit, credit, rng.randrange(1, 100), ledger=1,
+                batch.append(Transfer(next(ids), debit, credit, rng.randrange(1, 100), ledger=1,
                                       code=1))  # fmt: skip
             request = CommandBatch(0, client.submitter, Operation.CREATE_TRANSFERS, transfers=batch)
             outstanding.append(client.submit(request))
@@ -167,9 +174,8 @@ def _throughput(
 
 
 def _latency(
-    client: LedgerClient, params: PipelineBenchParams, rng: random.Random
+    client: LedgerClient, params: PipelineBenchParams, rng: random.Random, ids: Iterator[int]
 ) -> dict[str, float]:
-    next_id = 1 << 96
     handles: list[RequestHandle] = []
     interval_s = 1.0 / params.rate_per_s
     started = time.monotonic()
@@ -182,8 +188,7 @@ def _latency(
         debit = rng.randrange(1, params.accounts + 1)
         credit = rng.randrange(1, params.accounts)
         credit += credit >= debit
-        next_id += 1
-        transfer = Transfer(next_id, debit, credit, 1, ledger=1, code=1)
+        transfer = Transfer(next(ids), debit, credit, 1, ledger=1, code=1)
         request = CommandBatch(
             0, client.submitter, Operation.CREATE_TRANSFERS, transfers=[transfer]
         )
@@ -236,14 +241,21 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             _create_accounts(client, params.accounts)
             setup_s = time.monotonic() - started
             print(f"created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
+            ids = itertools.count(1 << 64)  # every transfer of the run its own id
+            if params.warmup_s > 0:
+                # Not measured: a broker's JIT is cold after a start, and its first minute
+                # under load ran at half the rate (docs/BENCHMARKS.md).
+                warm_throughput = replace(params, duration_s=params.warmup_s * 2 / 3)
+                _throughput(client, warm_throughput, rng, ids)
+                _latency(client, replace(params, latency_duration_s=params.warmup_s / 3), rng, ids)
             # CPU per transfer and per request: what the processors, the broker and the client
             # cost, whatever else runs on the machine (the figures depend on that too).
             cpu = _CpuSplit(meter, broker)
-            throughput = _throughput(client, params, rng)
+            throughput = _throughput(client, params, rng, ids)
             throughput.update(cpu.per_unit("transfer", int(throughput["throughput_transfers"])))
             print(f"throughput: {throughput}", file=sys.stderr)
             cpu = _CpuSplit(meter, broker)
-            latency = _latency(client, params, rng)
+            latency = _latency(client, params, rng, ids)
             latency.update(cpu.per_unit("request", int(latency["latency_requests"])))
             print(f"latency: {latency}", file=sys.stderr)
         meter.stop()
@@ -279,6 +291,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-duration", type=float, default=defaults.latency_duration_s)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--warmup", type=float, default=defaults.warmup_s,
+        help="seconds of unmeasured load first (a cold broker runs at half the rate)",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-topics", action="store_true", help="keep the run's topics and processor data"
     )
 
@@ -286,7 +302,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     params = PipelineBenchParams(
         args.accounts, args.partitions, args.processors, args.batch_size, args.in_flight,
-        args.duration, args.rate, args.latency_duration, args.seed, args.keep_topics,
+        args.duration, args.rate, args.latency_duration, args.seed, args.warmup,
+        args.keep_topics,
     )  # fmt: skip
     if not 1 <= params.batch_size <= BATCH_EVENTS_MAX:
         raise ValueError(f"--batch-size must be within 1..{BATCH_EVENTS_MAX}")

@@ -33,7 +33,7 @@ def test_the_pipeline_bench_measures_and_cleans_up(
     monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", kafka_bootstrap)
     params = PipelineBenchParams(
         accounts=500, batch_size=50, in_flight=4, duration_s=1.0, rate_per_s=100,
-        latency_duration_s=1.0,
+        latency_duration_s=1.0, warmup_s=1.5,
     )  # fmt: skip
     figures = run_pipeline_bench(params)
     assert figures["throughput_created"] == figures["throughput_transfers"]
