@@ -1,9 +1,9 @@
 """`ledger bench`: random transfers among N accounts through the real pipeline (SPEC §8).
 
 Starts its own processors on fresh topics (prefix `bench-<id>.`) on the configured broker (the
-local one when none is), creates the accounts, puts `--warmup` seconds of load through it
-unmeasured (a broker just started runs its first minute at about half its rate), then
-measures:
+local one when none is), creates the accounts, then measures (after warming the broker up
+with an unmeasured run of `--warmup` seconds on topics and a processor of its own: a broker
+just started runs its first minute at about half its rate):
 
 - throughput: requests of `--batch-size` transfers, `--in-flight` requests outstanding, for
   `--duration` seconds: completed transfers per second, exactly once;
@@ -61,11 +61,15 @@ class PipelineBenchParams:
     rate_per_s: int = 2_000
     latency_duration_s: float = 15.0
     seed: int = 1
-    # Load before the measured phases (2/3 at the throughput load, 1/3 at the latency rate).
+    # A run before, unmeasured, on its own topics (2/3 at the throughput load, 1/3 at the
+    # latency rate): warms the broker up.
     warmup_s: float = 45.0
     # The topics (and the processors' data) go at the end unless kept for a look: a broker
     # that keeps every run's topics grows slower, and so would the next run's figures.
     keep_topics: bool = False
+
+
+_WARMUP_ACCOUNTS = 10_000
 
 
 class _Meter:
@@ -210,6 +214,22 @@ def _latency(
 
 def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
     bootstrap = ensure_broker()
+    if params.warmup_s > 0:
+        # A broker just started runs its first minute under load at about half its rate (its
+        # JIT is cold: docs/BENCHMARKS.md). The warm-up is a run of its own, on topics and a
+        # processor of its own, so the measured run starts from the same empty ledger.
+        warm = replace(
+            params,
+            accounts=min(params.accounts, _WARMUP_ACCOUNTS),
+            duration_s=params.warmup_s * 2 / 3,
+            latency_duration_s=params.warmup_s / 3,
+            keep_topics=False,
+        )
+        _run(bootstrap, warm, "warm-up ")
+    return _run(bootstrap, params, "")
+
+
+def _run(bootstrap: str, params: PipelineBenchParams, phase: str) -> dict[str, object]:
     topics = Topics(f"bench-{uuid.uuid4().hex[:8]}.")
     ensure_topics(bootstrap, topics, params.partitions)
     work_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
@@ -240,24 +260,18 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
             started = time.monotonic()
             _create_accounts(client, params.accounts)
             setup_s = time.monotonic() - started
-            print(f"created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
+            print(f"{phase}created {params.accounts} accounts in {setup_s:.1f} s", file=sys.stderr)
             ids = itertools.count(1 << 64)  # every transfer of the run its own id
-            if params.warmup_s > 0:
-                # Not measured: a broker's JIT is cold after a start, and its first minute
-                # under load ran at half the rate (docs/BENCHMARKS.md).
-                warm_throughput = replace(params, duration_s=params.warmup_s * 2 / 3)
-                _throughput(client, warm_throughput, rng, ids)
-                _latency(client, replace(params, latency_duration_s=params.warmup_s / 3), rng, ids)
             # CPU per transfer and per request: what the processors, the broker and the client
             # cost, whatever else runs on the machine (the figures depend on that too).
             cpu = _CpuSplit(meter, broker)
             throughput = _throughput(client, params, rng, ids)
             throughput.update(cpu.per_unit("transfer", int(throughput["throughput_transfers"])))
-            print(f"throughput: {throughput}", file=sys.stderr)
+            print(f"{phase}throughput: {throughput}", file=sys.stderr)
             cpu = _CpuSplit(meter, broker)
             latency = _latency(client, params, rng, ids)
             latency.update(cpu.per_unit("request", int(latency["latency_requests"])))
-            print(f"latency: {latency}", file=sys.stderr)
+            print(f"{phase}latency: {latency}", file=sys.stderr)
         meter.stop()
         if broker is not None:
             broker.stop()
