@@ -548,21 +548,18 @@ def register_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     bench_pipeline.add_arguments(bench)
     bench.set_defaults(handler=_bench(bench_pipeline.run))
     kinds = bench.add_subparsers(dest="bench_command", metavar="KIND")
-    core = kinds.add_parser(
-        "core",
-        help="the ledger rules alone, in memory, on one core",
-        description=bench_core.__doc__,
-    )
-    bench_core.add_arguments(core)
-    core.set_defaults(handler=_bench(bench_core.run))
-    broker = kinds.add_parser(
-        "broker",
-        help="what the broker costs per produce request, fetch and transaction",
-        description=bench_broker.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_broker.add_arguments(broker)
-    broker.set_defaults(handler=_bench(bench_broker.run))
+    for name, module, summary in (
+        ("core", bench_core, "the ledger rules alone, in memory, on one core"),
+        ("broker", bench_broker, "what the broker costs per produce request, fetch, transaction"),
+    ):
+        kind = kinds.add_parser(
+            name,
+            help=summary,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(kind)
+        kind.set_defaults(handler=_bench(module.run))
 
 
 # --------------------------------------------------------------------------------------------

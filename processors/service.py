@@ -765,7 +765,8 @@ class ProcessorService:
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         # Callbacks run inside consume(), between loops: no transaction is being produced,
-        # but the previous one may still be ending; ownership changes only once it has.
+        # but the previous one may still be ending; ownership changes only once it has. (What
+        # was decided and not yet produced went with the revocation that came first.)
         self._settle(wait=True, rebuild=False)
         self._membership = None  # a new generation
         indexes = [tp.partition for tp in assigned]
@@ -781,7 +782,14 @@ class ProcessorService:
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         self._settle(wait=True, rebuild=False)
         self._membership = None
-        self._close_partitions([tp.partition for tp in revoked])
+        indexes = [tp.partition for tp in revoked]
+        if self._decided_bytes >= 0:
+            # Decided but not produced (group commit): a decision may span partitions, so none
+            # of it may go out half. All of it is dropped, with every partition (the eager
+            # protocol revokes them all anyway); the next owners read those commands again.
+            indexes = list(self.partitions)
+            self._decided_bytes = -1
+        self._close_partitions(indexes)
 
     def _close_partitions(self, indexes: list[int]) -> None:
         for index in indexes:
