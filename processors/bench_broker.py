@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from processors.bench_pipeline import cpu_seconds
 from processors.kafka_broker import bootstrap_pid, ensure_broker
 from processors.setup import delete_topics_with_prefix
 from schemas.topics import Topics
@@ -59,10 +60,7 @@ class _BrokerCpu:
         self.process = psutil.Process(pid) if pid is not None else None
 
     def seconds(self) -> float:
-        if self.process is None:
-            return 0.0
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
+        return 0.0 if self.process is None else cpu_seconds([self.process])
 
     def per_unit_us(self, since_s: float, count: int) -> float | None:
         if self.process is None:

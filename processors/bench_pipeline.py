@@ -47,7 +47,7 @@ from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
 from schemas.messages import CommandBatch, Operation
 from schemas.topics import Topics
 
-__all__ = ["PipelineBenchParams", "add_arguments", "run", "run_pipeline_bench"]
+__all__ = ["PipelineBenchParams", "add_arguments", "cpu_seconds", "run", "run_pipeline_bench"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,16 @@ class PipelineBenchParams:
 _WARMUP_ACCOUNTS = 10_000
 
 
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """CPU seconds (user + system) the processes have used so far (those gone: none more)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 class _Meter:
     """The largest RSS seen across the processor processes, sampled in the background."""
 
@@ -89,13 +99,7 @@ class _Meter:
                     self.peak_rss_bytes = max(self.peak_rss_bytes, process.memory_info().rss)
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the processor processes have used so far."""
-        total = 0.0
-        for process in self.processes:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return cpu_seconds(self.processes)
 
     def stop(self) -> None:
         self._stop.set()

@@ -290,8 +290,8 @@ class ProcessorService:
         self.topics = config.topics
         self.partitions: dict[int, _Partition] = {}
         self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
-        # Command bytes decided since the last transaction was produced (-1: nothing decided).
-        self._decided_bytes = -1
+        # Command bytes decided since the last transaction was produced (the step budget).
+        self._decided_bytes = 0
         self._membership: Any = None  # consumer_group_metadata(), read once per generation
         self._last_tick = 0.0
         self.stats = _Stats()
@@ -411,11 +411,10 @@ class ProcessorService:
         has committed. Until it has, each loop decides what arrived meanwhile into the same
         next transaction (group commit): a command waits for the commit under way, not for a
         whole loop after it."""
-        holding = self._ending is not None and self._decided_bytes >= 0
-        if holding:
-            assert self._ending is not None
+        ending = self._ending
+        if ending is not None and self._holding():
             # Wake as soon as the transaction ends; take whatever arrived meanwhile.
-            wait_futures([self._ending.ended], timeout=self.config.poll_timeout_s)
+            wait_futures([ending.ended], timeout=self.config.poll_timeout_s)
             messages = self.consumer.consume(self.config.batch_messages_max, 0)
         else:
             # The first message as soon as it comes, then whatever else is already fetched
@@ -430,7 +429,7 @@ class ProcessorService:
         now = time.time_ns()
         tick = time.monotonic() - self._last_tick >= self.config.tick_interval_s
         if not messages and not sequenced and not tick:
-            if self._decided_bytes >= 0:
+            if self._holding():
                 self._commit()  # when the previous transaction has ended; else next loop
             else:
                 # Nothing to decide meanwhile: wait for the transaction ending instead of
@@ -440,7 +439,6 @@ class ProcessorService:
                 self._settle(wait=True)
             return
         polled = time.monotonic()
-        self._decided_bytes = max(0, self._decided_bytes)
         for index, message in enumerate(messages):
             if self._decided_bytes >= self.config.step_bytes_max:
                 self._put_back(messages[index:])
@@ -577,7 +575,7 @@ class ProcessorService:
         ):
             return
         touched = [p for p in self.partitions.values() if p.touched]
-        self._decided_bytes = -1
+        self._decided_bytes = 0
         if not touched:
             return
         if not self._settle(wait=True):
@@ -703,6 +701,10 @@ class ProcessorService:
             produce(topics.sequence, value=encode_sequenced_entry(entry), partition=0)
         return checkpoint
 
+    def _holding(self) -> bool:
+        """Something decided is waiting for its transaction."""
+        return any(p.touched for p in self.partitions.values())
+
     def _group_metadata(self) -> Any:
         """The consumer's group membership, which the offsets are committed under (a zombie's
         is refused). It changes only in a rebalance, so it is read once after each one: read
@@ -751,7 +753,7 @@ class ProcessorService:
         # recovers them.
         indexes = list(self.partitions)
         self._close_partitions(indexes)
-        self._decided_bytes = -1
+        self._decided_bytes = 0
         if not rebuild:
             return
         self._recover(indexes)
@@ -783,12 +785,12 @@ class ProcessorService:
         self._settle(wait=True, rebuild=False)
         self._membership = None
         indexes = [tp.partition for tp in revoked]
-        if self._decided_bytes >= 0:
+        if self._holding():
             # Decided but not produced (group commit): a decision may span partitions, so none
             # of it may go out half. All of it is dropped, with every partition (the eager
             # protocol revokes them all anyway); the next owners read those commands again.
             indexes = list(self.partitions)
-            self._decided_bytes = -1
+            self._decided_bytes = 0
         self._close_partitions(indexes)
 
     def _close_partitions(self, indexes: list[int]) -> None:
@@ -815,9 +817,9 @@ class ProcessorService:
 
     def _recover_partition(self, index: int) -> _Partition:
         started = time.monotonic()
-        # No RocksDB WAL unless asked for: the events topic is this
-        # store's changelog, and recovery folds what it lacks past the offset it records (a
-        # WAL write per commit was a tenth of the processor's time).
+        # No RocksDB WAL unless asked for: the events topic is this store's changelog, and
+        # recovery folds what it lacks past the offset it records (a WAL write per commit was
+        # a tenth of the processor's time).
         store = PartitionStore(
             self.config.data_dir / f"partition-{index}",
             sync=self.config.sync_writes,

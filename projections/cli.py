@@ -33,7 +33,13 @@ from typing import Any
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
 
-from processors.service import ENV_ALLOW_CLOCK_CONTROL, KIND_CLOCK, KIND_CLOCK_TO, KIND_HEADER
+from processors.service import (
+    ENV_ALLOW_CLOCK_CONTROL,
+    KIND_CLOCK,
+    KIND_CLOCK_TO,
+    KIND_HEADER,
+    message_headers,
+)
 from processors.settings import LedgerEnvironment, ledger_config_from_env
 from processors.setup import ensure_topics
 from producers import AsyncLedgerClient
@@ -167,8 +173,7 @@ class ClockControl:
         """The partition's latest checkpoint: on its last events message (or, written by an
         earlier version, the last in processor-log)."""
         message = self._last_message(consumer, self._topics.events, partition)
-        headers = dict(message.headers() or []) if message is not None else {}
-        carried: bytes | None = headers.get(CHECKPOINT_HEADER)
+        carried = None if message is None else message_headers(message).get(CHECKPOINT_HEADER)
         if carried is not None:
             return carried
         logged = self._last_message(consumer, self._topics.processor_log, partition)
