@@ -290,6 +290,9 @@ class ProcessorService:
         self.topics = config.topics
         self.partitions: dict[int, _Partition] = {}
         self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
+        # The last one committed, while its sealed buffers wait to be written to RocksDB: that
+        # write comes after the next transaction is produced, off the path to it.
+        self._committed: _Ending | None = None
         # Command bytes decided since the last transaction was produced (the step budget).
         self._decided_bytes = 0
         self._membership: Any = None  # consumer_group_metadata(), read once per generation
@@ -391,6 +394,7 @@ class ProcessorService:
             gc.enable()
 
     def close(self) -> None:
+        self._write_committed()
         ending, self._ending = self._ending, None
         if ending is not None:  # what commits reaches RocksDB (else recovery folds it)
             try:
@@ -423,7 +427,7 @@ class ProcessorService:
             messages = [] if first is None else [first]
             if first is not None:
                 messages += self.consumer.consume(self.config.batch_messages_max - 1, 0)
-        if not self._settle(wait=False):
+        if not self._settle(wait=False, write=False):
             return  # the previous transaction failed: the partitions were rebuilt
         sequenced = self._read_sequence()
         now = time.time_ns()
@@ -431,6 +435,7 @@ class ProcessorService:
         if not messages and not sequenced and not tick:
             if self._holding():
                 self._commit()  # when the previous transaction has ended; else next loop
+                self._write_committed()
             else:
                 # Nothing to decide meanwhile: wait for the transaction ending instead of
                 # polling on. (Polling through a broker outage while a transaction hung left
@@ -457,6 +462,7 @@ class ProcessorService:
             partition.machine.end_step(partition.out)  # sequence what the step gathered
             partition.touched |= bool(partition.out)
         self._commit()
+        self._write_committed()
         stats = self.stats
         stats.steps += 1
         stats.messages += len(messages)
@@ -578,7 +584,7 @@ class ProcessorService:
         self._decided_bytes = 0
         if not touched:
             return
-        if not self._settle(wait=True):
+        if not self._settle(wait=True, write=False):
             return  # the previous one failed; this step, decided over it, is gone with it
         producer = self.producers[self._next_producer]
         self._next_producer = (self._next_producer + 1) % len(self.producers)
@@ -598,9 +604,11 @@ class ProcessorService:
             ]
             metadata = self._group_metadata()
         except KafkaException as exc:
+            self._write_committed()
             self._transaction_failed(producer, exc)
             return
         ended = self._finisher.submit(lambda: self._end_transaction(producer, offsets, metadata))
+        self._write_committed()  # the previous one's, before this one's buffers are sealed
         for partition in touched:
             partition.state.seal()
             partition.out.clear()  # the peers' machines hold on to this outbox
@@ -615,13 +623,16 @@ class ProcessorService:
             events_offsets,
         )
 
-    def _settle(self, *, wait: bool, rebuild: bool = True) -> bool:
+    def _settle(self, *, wait: bool, rebuild: bool = True, write: bool = True) -> bool:
         """Once the transaction ending meanwhile has committed (at once if `wait`), write its
-        partitions' sealed buffers to RocksDB. False if it failed: the partitions were then
-        rebuilt from Kafka (closed if not `rebuild`: inside a rebalance callback, which
-        recovers what it assigns), and whatever was decided since is gone."""
+        partitions' sealed buffers to RocksDB (unless not `write`: then the caller does, with
+        _write_committed, once it has produced the next one). False if it failed: the
+        partitions were then rebuilt from Kafka (closed if not `rebuild`: inside a rebalance
+        callback, which recovers what it assigns), and whatever was decided since is gone."""
         ending = self._ending
         if ending is None or not (wait or ending.ended.done()):
+            if write:
+                self._write_committed()
             return True
         self._ending = None
         waited = time.monotonic()
@@ -634,8 +645,15 @@ class ProcessorService:
             self._transaction_wedged(rebuild)
             return False
         self.stats.commit_s += time.monotonic() - waited
-        self._write_sealed(ending)
+        self._committed = ending
+        if write:
+            self._write_committed()
         return True
+
+    def _write_committed(self) -> None:
+        ending, self._committed = self._committed, None
+        if ending is not None:
+            self._write_sealed(ending)
 
     @staticmethod
     def _write_sealed(ending: _Ending) -> None:
