@@ -35,12 +35,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from processors.bench_pipeline import cpu_seconds
 from processors.kafka_broker import bootstrap_pid, ensure_broker
+from processors.service import COMMANDS_FETCH_WAIT_MS, TRANSACTION_PRODUCERS
 from processors.setup import delete_topics_with_prefix
 from schemas.topics import Topics
 
 __all__ = ["BrokerBenchParams", "add_arguments", "run", "run_broker_bench"]
-
-TRANSACTION_PRODUCERS = 3  # as the processor rotates them (processors/service.py)
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class BrokerBenchParams:
     rate_per_s: int = 2_000
     duration_s: float = 10.0
     # The processor's commands consumer: the broker gathers this long per fetch.
-    fetch_wait_ms: int = 5
+    fetch_wait_ms: int = COMMANDS_FETCH_WAIT_MS
 
 
 class _BrokerCpu:

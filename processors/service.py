@@ -72,6 +72,7 @@ from schemas.messages import Apply, EventBatch, Facts, Operation, ResultBatch
 from schemas.topics import CHECKPOINT_HEADER, Topics, results_partition
 
 __all__ = [
+    "COMMANDS_FETCH_WAIT_MS",
     "ENV_ALLOW_CLOCK_CONTROL",
     "KIND_APPLY",
     "KIND_CLOCK",
@@ -79,6 +80,7 @@ __all__ = [
     "KIND_FACTS",
     "KIND_HEADER",
     "KIND_REQUEST",
+    "TRANSACTION_PRODUCERS",
     "ProcessorService",
     "ServiceConfig",
     "message_headers",
@@ -95,6 +97,10 @@ KIND_CLOCK_TO = b"clock-to"  # tests: set it (8-byte signed ns since the epoch)
 ENV_ALLOW_CLOCK_CONTROL = "LEDGER_ALLOW_CLOCK_CONTROL"
 EVENTS_PER_MESSAGE = 2000  # keeps an events message well under the topic's size limit
 TRANSACTION_PRODUCERS = 3
+# The broker gathers commands this long per fetch (never the 1 MiB asked for at 2,000/s): a
+# fetch answered at every produce cost it ~170 µs per command, gathered ~35. At 3 ms rather
+# than 5 the p50 at 2,000 requests/s is ~1 ms lower, for ~15 µs of broker CPU per request.
+COMMANDS_FETCH_WAIT_MS = 3
 STATS_INTERVAL_S = 30.0  # how often the loop logs what it did
 # How often the processor collects reference cycles (see run()). Each collection walks what
 # survived since the last one: every 30 s, that was up to 157 ms of stopped loop after a burst
@@ -309,7 +315,7 @@ class ProcessorService:
                 "session.timeout.ms": config.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, config.session_timeout_ms // 5),
                 "max.poll.interval.ms": 300_000,
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": COMMANDS_FETCH_WAIT_MS,
                 "fetch.min.bytes": 1 << 20,
                 "partition.assignment.strategy": "range",
                 # librdkafka prefetches up to 64 MiB by default: bounded memory matters more.
