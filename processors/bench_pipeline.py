@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from processors.setup import delete_topics_with_prefix, ensure_topics
 from processors.supervisor import Supervisor
 from producers import LedgerClient, RequestHandle
 from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
-from schemas.messages import CommandBatch, Operation
+from schemas.messages import CommandBatch, Operation, ResultBatch
 from schemas.topics import Topics
 
 __all__ = ["PipelineBenchParams", "add_arguments", "cpu_seconds", "run", "run_pipeline_bench"]
@@ -181,13 +182,49 @@ def _throughput(
     }
 
 
+class _Latencies:
+    """Each request's submit-to-result time, taken as its result arrives. The handles are not
+    kept: 30,000 futures alive made the client's own cycle collections (walking them all)
+    stall its results thread, and those stalls showed in the p99."""
+
+    def __init__(self, expected: int) -> None:
+        self.latencies_ms: list[float] = []
+        self.failures: list[BaseException] = []
+        self._left = expected
+        self._lock = threading.Lock()
+        self._all_done = threading.Event()
+        if expected == 0:
+            self._all_done.set()
+
+    def on_done(self, handle: Future[ResultBatch]) -> None:
+        error = handle.exception()
+        with self._lock:
+            if error is not None:
+                self.failures.append(error)
+            else:
+                assert isinstance(handle, RequestHandle) and handle.latency_s is not None
+                self.latencies_ms.append(handle.latency_s * 1000)
+            self._left -= 1
+            if self._left == 0:
+                self._all_done.set()
+
+    def sorted_ms(self, timeout_s: float) -> list[float]:
+        """Once every request has its outcome: the latencies, sorted (raises the first
+        failure, as waiting on each handle would)."""
+        if not self._all_done.wait(timeout_s):
+            raise TimeoutError(f"requests without an outcome after {timeout_s:.0f} s")
+        if self.failures:
+            raise self.failures[0]
+        return sorted(self.latencies_ms)
+
+
 def _latency(
     client: LedgerClient, params: PipelineBenchParams, rng: random.Random, ids: Iterator[int]
 ) -> dict[str, float]:
-    handles: list[RequestHandle] = []
     interval_s = 1.0 / params.rate_per_s
     started = time.monotonic()
     count = int(params.latency_duration_s * params.rate_per_s)
+    outcomes = _Latencies(count)
     for n in range(count):
         # Open loop: each request leaves at its scheduled time, whatever the answers do.
         delay_s = started + n * interval_s - time.monotonic()
@@ -200,14 +237,10 @@ def _latency(
         request = CommandBatch(
             0, client.submitter, Operation.CREATE_TRANSFERS, transfers=[transfer]
         )
-        handles.append(client.submit(request))
+        client.submit(request).add_done_callback(outcomes.on_done)
     offered_s = time.monotonic() - started
-    latencies_ms = []
-    for handle in handles:
-        handle.result()
-        assert handle.latency_s is not None
-        latencies_ms.append(handle.latency_s * 1000)
-    latencies_ms.sort()
+    # Every handle ends by the client's timeout (OutcomeUnknown at the latest).
+    latencies_ms = outcomes.sorted_ms(client.timeout_s + 60)
     return {
         "p50_ms": round(latencies_ms[len(latencies_ms) // 2], 1),
         "p99_ms": round(latencies_ms[int(len(latencies_ms) * 0.99)], 1),

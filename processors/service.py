@@ -304,8 +304,9 @@ class ProcessorService:
         self.topics = config.topics
         self.partitions: dict[int, _Partition] = {}
         self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
-        # The last one committed, while its sealed buffers wait to be written to RocksDB: that
-        # write comes after the next transaction is produced, off the path to it.
+        # The last one committed, while its sealed buffers wait to be written to RocksDB (a
+        # small one's, until the next transaction is produced: off the path to it). Written by
+        # the end of the step that settled it, so rebalance callbacks never find one.
         self._committed: _Ending | None = None
         # Command bytes decided since the last transaction was produced (the step budget).
         self._decided_bytes = 0
