@@ -197,13 +197,18 @@ class _Latencies:
             self._all_done.set()
 
     def on_done(self, handle: Future[ResultBatch]) -> None:
-        error = handle.exception()
+        outcome: float | BaseException
+        try:
+            handle.result()
+            assert isinstance(handle, RequestHandle) and handle.latency_s is not None
+            outcome = handle.latency_s * 1000
+        except BaseException as exc:  # counted all the same: the future would only log it
+            outcome = exc
         with self._lock:
-            if error is not None:
-                self.failures.append(error)
+            if isinstance(outcome, BaseException):
+                self.failures.append(outcome)
             else:
-                assert isinstance(handle, RequestHandle) and handle.latency_s is not None
-                self.latencies_ms.append(handle.latency_s * 1000)
+                self.latencies_ms.append(outcome)
             self._left -= 1
             if self._left == 0:
                 self._all_done.set()
