@@ -306,7 +306,7 @@ class ProcessorService:
         self._ending: _Ending | None = None  # the transaction ending meanwhile, if any
         # The last one committed, while its sealed buffers wait to be written to RocksDB (a
         # small one's, until the next transaction is produced: off the path to it). Written by
-        # the end of the step that settled it, so rebalance callbacks never find one.
+        # the end of the loop that settled it, so rebalance callbacks never find one.
         self._committed: _Ending | None = None
         # Command bytes decided since the last transaction was produced (the step budget).
         self._decided_bytes = 0
@@ -398,6 +398,7 @@ class ProcessorService:
         try:
             while not stop.is_set():
                 self.step()
+                self._write_committed()  # what the step settled and left for after its produce
                 if time.monotonic() >= next_collection:
                     collecting = time.monotonic()
                     gc.collect()
@@ -450,7 +451,6 @@ class ProcessorService:
         if not messages and not sequenced and not tick:
             if self._holding():
                 self._commit()  # when the previous transaction has ended; else next loop
-                self._write_committed()
             else:
                 # Nothing to decide meanwhile: wait for the transaction ending instead of
                 # polling on. (Polling through a broker outage while a transaction hung left
@@ -477,7 +477,6 @@ class ProcessorService:
             partition.machine.end_step(partition.out)  # sequence what the step gathered
             partition.touched |= bool(partition.out)
         self._commit()
-        self._write_committed()
         stats = self.stats
         stats.steps += 1
         stats.messages += len(messages)
@@ -648,8 +647,6 @@ class ProcessorService:
         was decided since is gone."""
         ending = self._ending
         if ending is None or not (wait or ending.ended.done()):
-            if write:
-                self._write_committed()
             return True
         self._ending = None
         waited = time.monotonic()
