@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 
 from processors.kafka_broker import bootstrap_pid, ensure_broker
-from processors.setup import delete_topics_with_prefix, ensure_topics
+from processors.setup import broker_setting, delete_topics_with_prefix, ensure_topics
 from processors.supervisor import Supervisor
 from producers import LedgerClient, RequestHandle
 from schemas import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
@@ -323,6 +323,11 @@ def _run(bootstrap: str, params: PipelineBenchParams, phase: str) -> dict[str, o
             **latency,
             "processor_rss_mb": round(meter.peak_rss_bytes / 2**20, 1),
             "accounts_setup_s": round(setup_s, 1),
+            # Each of the processor's transactions waits on it, partition after partition: the
+            # latency depends on it (processors/kafka_broker.py).
+            "broker_transaction_verification": broker_setting(
+                bootstrap, "transaction.partition.verification.enable"
+            ),
             **asdict(params),
             "topic_prefix": topics.prefix,
             "logs": str(work_dir / "logs"),

@@ -440,6 +440,16 @@ def _server_properties(
         "transaction.max.timeout.ms": 900_000,
         # Abort expired transactions of crashed producers promptly (default 10 s scan).
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": 5_000,
+        # KIP-890's check that each transactional write belongs to an ongoing transaction is one
+        # more round trip to the coordinator per partition of every transaction, and a
+        # processor's transaction writes ~9 partitions one after another: the p50 at 2,000
+        # requests/s is 22-24 ms with it and ~16 ms without (docs/BENCHMARKS.md). What it
+        # guards against is a late write of an aborted transaction reopening it. The ledger's
+        # one transactional client never aborts: after a failure the processor replaces the
+        # producer, whose epoch bump makes the partitions refuse whatever the old one still had
+        # in flight (processors/service.py, tests/pipeline/test_recovery.py). A broker of your
+        # own keeps Kafka's default (on), and the ledger works the same there, slower.
+        "transaction.partition.verification.enable": "false",
         # Sized for a laptop / 2-core CI box rather than a production server.
         "num.network.threads": 2,
         "num.io.threads": 4,

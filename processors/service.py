@@ -766,16 +766,20 @@ class ProcessorService:
         self, producer: Producer, exc: KafkaException, rebuild: bool = True
     ) -> None:
         error = exc.args[0]
-        log.warning("transaction failed (%s); rebuilding partitions from their changelog", error)
+        log.warning(
+            "transaction failed (%s); new producer, rebuilding partitions from their changelog",
+            error,
+        )
+        # Never abort_transaction(): a produce request of this transaction may still be on its
+        # way (one that timed out here), and landing after an abort marker of the same epoch
+        # it would open a transaction nobody ends, holding every read_committed reader of its
+        # partition (the hanging transaction of KIP-890). The new producer's init_transactions
+        # bumps the epoch instead: the coordinator aborts the transaction under the new epoch,
+        # and the partitions then refuse anything the old one still sends. This is what keeps
+        # the broker's own check (transaction.partition.verification.enable) unnecessary for
+        # the processor: docs/PIPELINE.md.
         index = self.producers.index(producer)
-        try:
-            if error.fatal():
-                self.producers[index] = self._new_producer(index)
-            else:
-                producer.abort_transaction(30)
-        except KafkaException as abort_failure:
-            log.warning("abort failed (%s); new producer", abort_failure)
-            self.producers[index] = self._new_producer(index)
+        self.producers[index] = self._new_producer(index)
         self._rebuild_partitions(rebuild)
 
     def _rebuild_partitions(self, rebuild: bool = True) -> None:

@@ -16,6 +16,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # (admin re-exports both untyped)
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic  # defined (and typed) here; admin re-exports it
 
 from schemas.topics import Topics
@@ -23,6 +25,7 @@ from schemas.topics import Topics
 __all__ = [
     "MESSAGE_BYTES_MAX",
     "TopicsError",
+    "broker_setting",
     "ensure_topics",
     "last_committed",
     "partition_count",
@@ -122,6 +125,20 @@ def delete_topics_with_prefix(
             except Exception as exc:
                 failures.append(f"{name}: {exc}")
     return failures
+
+
+def broker_setting(bootstrap: str, name: str, timeout_s: float = 10.0) -> str | None:
+    """A setting of the (first) broker as it runs, or None if it cannot be read: what a
+    benchmark's figures depend on, reported with them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        metadata: Any = admin.list_topics(timeout=timeout_s)
+        broker = ConfigResource(ResourceType.BROKER, str(min(metadata.brokers)))
+        entries = admin.describe_configs([broker])[broker].result(timeout=timeout_s)
+    except (KafkaException, ValueError, TimeoutError):
+        return None
+    entry = entries.get(name)
+    return None if entry is None else entry.value
 
 
 # Transaction markers take offsets, so the last committed record is among the last few offsets

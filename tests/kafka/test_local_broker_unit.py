@@ -168,6 +168,9 @@ def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
     assert int(props["transaction.state.log.num.partitions"]) <= 8
     # Below the 512 MiB heap, with room to spare.
     assert int(props["log.cleaner.dedupe.buffer.size"]) <= 64 * 1024 * 1024
+    # The processor fences instead of aborting (tests/pipeline/test_recovery.py): no per-write
+    # check of each transaction with the coordinator.
+    assert props["transaction.partition.verification.enable"] == "false"
 
 
 def test_configs_are_written_under_the_data_dir(
