@@ -260,11 +260,10 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
     bootstrap = ensure_broker()
     if params.warmup_s > 0:
         # A broker just started runs its first minute under load at about half its rate (its
-        # JIT is cold: docs/BENCHMARKS.md). The warm-up is a run of its own, on topics and a
-        # processor of its own, so the measured run starts from the same empty ledger.
-        # In two runs: the broker's first run to end (its topics deleted, its processor and
-        # clients gone) left the next one at twice the broker CPU per transfer, however long
-        # the warm-up was; after the second the broker runs at its pace.
+        # JIT is cold), and the run after the first one to end (its topics deleted, its
+        # processor and clients gone) at twice the broker CPU per transfer, however long that
+        # first one was (docs/BENCHMARKS.md). So the warm-up is two runs, on topics and
+        # processors of their own: the measured run starts from the same empty ledger.
         warm = replace(
             params,
             accounts=min(params.accounts, _WARMUP_ACCOUNTS),
@@ -274,7 +273,13 @@ def run_pipeline_bench(params: PipelineBenchParams) -> dict[str, object]:
         )
         for run in range(_WARMUP_RUNS):
             _run(bootstrap, warm, f"warm-up {run + 1}/{_WARMUP_RUNS} ")
-    return _run(bootstrap, params, "")
+    figures = _run(bootstrap, params, "")
+    # Each of the processor's transactions waits on it, partition after partition: the latency
+    # depends on it (processors/kafka_broker.py).
+    figures["broker_transaction_verification"] = broker_setting(
+        bootstrap, "transaction.partition.verification.enable"
+    )
+    return figures
 
 
 def _run(bootstrap: str, params: PipelineBenchParams, phase: str) -> dict[str, object]:
@@ -329,11 +334,6 @@ def _run(bootstrap: str, params: PipelineBenchParams, phase: str) -> dict[str, o
             **latency,
             "processor_rss_mb": round(meter.peak_rss_bytes / 2**20, 1),
             "accounts_setup_s": round(setup_s, 1),
-            # Each of the processor's transactions waits on it, partition after partition: the
-            # latency depends on it (processors/kafka_broker.py).
-            "broker_transaction_verification": broker_setting(
-                bootstrap, "transaction.partition.verification.enable"
-            ),
             **asdict(params),
             "topic_prefix": topics.prefix,
             "logs": str(work_dir / "logs"),
